@@ -1,0 +1,267 @@
+"""Bookkeeping shared by the MLorc optimizers: validation, generators, state, checks.
+
+The arithmetic of each optimizer lives in its own module; this base class only
+validates options, assigns every parameter a stable index and its own seeded
+``torch.Generator``, keeps optimizer state loadable with
+``torch.load(weights_only=True)`` and rejects gradients that cannot be used.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+
+from mlorc_lab.optim.layout import matrix_shape, should_compress
+
+__all__ = ["MLorcOptimizer", "NonFiniteGradientError", "STATE_DTYPES"]
+
+# Storage dtypes a parameter group may ask for, by name: names (not torch.dtype
+# objects) keep param_groups plain strings and numbers in a checkpoint.
+STATE_DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+# Multiplier that spreads per-parameter seeds apart (a large prime, so that seeds of
+# neighbouring optimizers do not reuse each other's streams for small indices).
+_SEED_STRIDE = 1_000_003
+_RNG_STATE_KEY = "rng_state"
+
+
+class NonFiniteGradientError(ValueError):
+    """A gradient with inf or NaN entries reached an MLorc optimizer."""
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"Invalid {name}: {value!r}; {name} must be an integer >= {minimum}")
+
+
+class MLorcOptimizer(Optimizer):
+    """Base class of :class:`MLorcAdamW` and :class:`MLorcLion`.
+
+    Subclasses define ``_moment_names`` (the state keys of the moments, each stored as
+    factors ``<name>_U``, ``<name>_S``, ``<name>_V`` or densely as ``<name>``) and
+    implement ``_validate_group`` additions and ``_update_parameter``.
+    """
+
+    _moment_names: tuple[str, ...] = ()
+
+    def __init__(self, params: Iterable[Any], defaults: dict[str, Any], *, seed: int = 0) -> None:
+        _check_int("seed", seed, 0)
+        self.seed = seed
+        self._param_index: dict[torch.Tensor, int] = {}
+        self._generators: dict[torch.Tensor, torch.Generator] = {}
+        super().__init__(params, defaults)
+
+    # ------------------------------------------------------------------ options
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        self._validate_group(group)
+        for param in group["params"]:
+            if param not in self._param_index:
+                self._param_index[param] = len(self._param_index)
+
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        lr = group["lr"]
+        if isinstance(lr, torch.Tensor):
+            lr = lr.item()
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}; lr must be >= 0")
+        if not 0.0 <= group["weight_decay"]:
+            raise ValueError(f"Invalid weight_decay value: {group['weight_decay']}; it must be >= 0")
+        _check_int("rank", group["rank"], 1)
+        _check_int("oversampling", group["oversampling"], 0)
+        _check_int("power_iterations", group["power_iterations"], 0)
+        if group["compress"] not in (None, True, False):
+            raise ValueError(f"Invalid compress: {group['compress']!r}; use None (size rule), True or False")
+        if group["state_dtype"] is not None and group["state_dtype"] not in STATE_DTYPES:
+            raise ValueError(
+                f"Invalid state_dtype: {group['state_dtype']!r}; use None or one of {sorted(STATE_DTYPES)}"
+            )
+        for param in group["params"]:
+            # Checked here so that a bad forced rank fails at construction, not at step 1.
+            should_compress(param.shape, group["rank"], group["compress"])
+
+    # ------------------------------------------------------------ per parameter
+
+    def _state_dtype(self, group: dict[str, Any], param: torch.Tensor) -> torch.dtype:
+        """Return the dtype that factors and dense moments of ``param`` are stored in.
+
+        The default is fp32, or fp64 for fp64 parameters; half-precision parameters
+        keep fp32 state unless the group asks for ``state_dtype``.
+        """
+        if group["state_dtype"] is not None:
+            return STATE_DTYPES[group["state_dtype"]]
+        return torch.promote_types(param.dtype, torch.float32)
+
+    def _generator(self, param: torch.Tensor) -> torch.Generator:
+        """Return the parameter's generator, created on its device on first use.
+
+        Its seed depends only on the optimizer seed and the parameter's index, so every
+        process of a data-parallel run draws the same test matrices.
+        """
+        generator = self._generators.get(param)
+        if generator is None:
+            generator = torch.Generator(device=param.device)
+            saved = self.state[param].get(_RNG_STATE_KEY)
+            if saved is not None:
+                generator.set_state(saved.cpu())
+            else:
+                generator.manual_seed((self.seed * _SEED_STRIDE + self._param_index[param]) % (2**63))
+            self._generators[param] = generator
+        return generator
+
+    def is_compressed(self, param: torch.Tensor) -> bool:
+        """Return whether ``param`` stores its moments as factors (after its first step)."""
+        state = self.state.get(param, {})
+        return f"{self._moment_names[0]}_U" in state
+
+    def parameter_name(self, param: torch.Tensor) -> str:
+        """Return the name given with ``named_parameters()``, else 'parameter <index>'."""
+        for group in self.param_groups:
+            names = group.get("param_names")
+            if names is None:
+                continue
+            for candidate, name in zip(group["params"], names):
+                if candidate is param:
+                    return name
+        return f"parameter {self._param_index.get(param, '?')} of shape {tuple(param.shape)}"
+
+    def _init_state(self, group: dict[str, Any], param: torch.Tensor) -> dict[str, Any]:
+        from mlorc_lab.optim.compression import zero_factors
+
+        state = self.state[param]
+        state["step"] = 0
+        dtype = self._state_dtype(group, param)
+        view = matrix_shape(param.shape)
+        if should_compress(param.shape, group["rank"], group["compress"]):
+            for name in self._moment_names:
+                u, s, v = zero_factors(view, group["rank"], dtype, param.device)
+                state[f"{name}_U"], state[f"{name}_S"], state[f"{name}_V"] = u, s, v
+        else:
+            for name in self._moment_names:
+                state[name] = torch.zeros(param.shape, dtype=dtype, device=param.device)
+        return state
+
+    def _check_gradient(self, param: torch.Tensor) -> None:
+        grad = param.grad
+        if grad.is_sparse:
+            raise TypeError(
+                f"{type(self).__name__} does not support sparse gradients "
+                f"({self.parameter_name(param)}); use a dense embedding (sparse=False)"
+            )
+        if grad.is_complex():
+            raise TypeError(
+                f"{type(self).__name__} does not support complex parameters "
+                f"({self.parameter_name(param)}, dtype {grad.dtype}); view them as real with torch.view_as_real"
+            )
+        if grad.shape != param.shape:
+            raise ValueError(
+                f"Gradient shape {tuple(grad.shape)} does not match parameter shape {tuple(param.shape)} "
+                f"for {self.parameter_name(param)}"
+            )
+
+    def _check_finite(self, params: list[torch.Tensor]) -> None:
+        """Raise before any update when a gradient holds inf or NaN.
+
+        All gradients are checked first so that a bad one leaves every weight and every
+        state untouched. ``torch.amp.GradScaler`` skips such steps itself, so this only
+        fires for gradients that reach the optimizer without a scaler.
+        """
+        if not params:
+            return
+        finite = torch.stack([torch.isfinite(p.grad).all().to("cpu") for p in params])
+        if bool(finite.all()):
+            return
+        bad = params[int((~finite).nonzero()[0])]
+        step = self.state[bad].get("step", 0) + 1
+        raise NonFiniteGradientError(
+            f"Non-finite gradient (inf or NaN) for {self.parameter_name(bad)} at optimizer step {step}; "
+            "weights and state are unchanged. Lower the learning rate, clip gradients, or use "
+            "torch.amp.GradScaler, which skips such steps."
+        )
+
+    # --------------------------------------------------------------------- step
+
+    def _parameters_with_gradients(self) -> list[tuple[dict[str, Any], torch.Tensor]]:
+        pairs = []
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is not None:
+                    self._check_gradient(param)
+                    pairs.append((group, param))
+        return pairs
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Perform one optimization step over every parameter that has a gradient."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        pairs = self._parameters_with_gradients()
+        self._check_finite([param for _, param in pairs])
+        for group, param in pairs:
+            self._update_parameter(group, param)
+        return loss
+
+    def _update_parameter(self, group: dict[str, Any], param: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    # --------------------------------------------------------------- state dict
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the state dict, with each parameter's generator state saved in it.
+
+        Everything in it is a tensor, a number, a string or None, so it loads with
+        ``torch.load(weights_only=True)``.
+        """
+        for param, generator in self._generators.items():
+            self.state[param][_RNG_STATE_KEY] = generator.get_state()
+        return super().state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict, keeping the saved dtypes of factors and generator states.
+
+        ``torch.optim.Optimizer.load_state_dict`` casts every floating-point state
+        tensor to its parameter's dtype, which would turn fp32 factors of a bf16
+        parameter into bf16 and corrupt the uint8 generator states; the saved dtypes
+        are restored afterwards. Group options missing from an older state dict are
+        filled in from this optimizer's defaults.
+        """
+        saved_dtypes = {
+            index: {key: value.dtype for key, value in param_state.items() if isinstance(value, torch.Tensor)}
+            for index, param_state in state_dict["state"].items()
+        }
+        super().load_state_dict(state_dict)
+        saved_ids = [index for group in state_dict["param_groups"] for index in group["params"]]
+        params = [param for group in self.param_groups for param in group["params"]]
+        for index, param in zip(saved_ids, params):
+            for key, dtype in saved_dtypes.get(index, {}).items():
+                value = self.state[param][key]
+                device = "cpu" if key == _RNG_STATE_KEY else param.device
+                self.state[param][key] = value.to(device=device, dtype=dtype)
+        for group in self.param_groups:
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+        self._generators.clear()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+
+
+def bias_corrections(step: int, beta1: float, beta2: float) -> tuple[float, float]:
+    """Return Adam's bias corrections 1 - beta1**t and sqrt(1 - beta2**t)."""
+    return 1.0 - beta1**step, math.sqrt(1.0 - beta2**step)
