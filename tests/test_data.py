@@ -199,7 +199,7 @@ def test_glue_empty_file(tmp_path):
 
 
 def test_glue_hub_call(monkeypatch, no_data_env):
-    # The fake stands in for the hub only; it returns rows shaped like nyu-mll/glue.
+    # The fake replaces only the hub and returns rows shaped like nyu-mll/glue.
     calls = []
 
     def fake_load_dataset(path, name=None, split=None, **kwargs):
@@ -384,7 +384,7 @@ def test_instruct_missing_files(tmp_path):
 
 
 def test_instruct_hub_calls(monkeypatch, no_data_env):
-    # The fake stands in for the hub only, with rows shaped like each hub data set.
+    # The fake replaces only the hub and returns rows shaped like each hub data set.
     calls = []
     rows = {
         "openai/gsm8k": {"question": ["Q?"], "answer": ["Work.\n#### 7"]},
