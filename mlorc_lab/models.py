@@ -12,7 +12,7 @@ A model is named in one of three ways, tried in this order:
    call, which downloads it (so it needs network access).
 
 GGUF weights are quantized. transformers dequantizes them on load (this needs the
-``gguf`` package and takes about 20 s for SmolLM2-135M on 2 CPU cores), so
+``gguf`` package and took about 20 s for SmolLM2-135M on a 2-core CPU), so
 :func:`load_causal_lm` converts a GGUF file once and keeps an fp32 checkpoint in a
 cache folder.
 """
@@ -57,7 +57,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?
 
 @dataclasses.dataclass(frozen=True)
 class ResolvedModel:
-    """Where a model comes from and what to pass to ``from_pretrained``.
+    """Source of a model and the arguments for ``from_pretrained``.
 
     Attributes
     ----------
@@ -208,9 +208,9 @@ def _dequantized_gguf_model(resolved: ResolvedModel, seed: int) -> Any:
     """Load GGUF weights dequantized to fp32 into a plain model that ``save_pretrained`` accepts.
 
     A model loaded with ``gguf_file`` keeps a GGUF quantizer attached, and
-    transformers refuses to save it (and to train it). Its dequantized weights are
+    transformers rejects saving it (and training it). Its dequantized weights are
     therefore copied into a model built from the same config without the
-    quantization entry; the strict ``load_state_dict`` checks that every weight
+    quantization entry. The strict ``load_state_dict`` checks that every weight
     was copied.
     """
     import transformers
@@ -237,7 +237,7 @@ def _dequantized_gguf_model(resolved: ResolvedModel, seed: int) -> Any:
 def _cached_checkpoint(resolved: ResolvedModel, cache_root: pathlib.Path, seed: int) -> pathlib.Path:
     """Return the fp32 checkpoint converted from a GGUF file, converting it on first use.
 
-    The cache folder ``<cache_root>/<gguf file stem>`` holds the model, tokenizer and
+    The cache folder ``<cache_root>/<gguf file stem>`` contains the model, tokenizer and
     ``source.json`` (path, size and mtime of the GGUF file). A cache whose
     ``source.json`` names another file or version is rebuilt. The checkpoint is
     written to a temporary folder and renamed into place, so a crash leaves no

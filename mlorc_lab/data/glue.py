@@ -48,7 +48,7 @@ STSB_SCORE_RANGE = (0.0, 5.0)
 
 @dataclasses.dataclass(frozen=True)
 class GlueTask:
-    """Description of one GLUE task: where it lives, its columns and metrics.
+    """Description of one GLUE task: its file layout, hub config, columns and metrics.
 
     Attributes
     ----------
@@ -203,8 +203,8 @@ def load_glue_split(
     max_examples : int, optional
         Keep only the first ``max_examples`` rows in file order. This is a
         deterministic head of the file, not a random sample, so the result does not
-        depend on any seed; note that the head may not have the label balance of the
-        whole split.
+        depend on any seed. The head may not have the label balance of the whole
+        split.
 
     Returns
     -------

@@ -221,6 +221,8 @@ def load_code_alpaca(
 
     The local file is the 2k subset ``codealpaca/code_alpaca_2k.json``; the hub
     fallback ``sahil280114/codealpaca`` is the full set (about 20k examples).
+    Records are returned as they are: the 2k file has two with an empty output,
+    whose response is then only the EOS token after tokenisation.
     See :func:`load_gsm8k` for the parameters.
     """
     _check_max_examples(max_examples)

@@ -21,7 +21,7 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> pathlib.Path 
     -------
     pathlib.Path or None
         ``data_dir`` if given, else the value of ``MLORC_LAB_DATA_DIR`` if set and
-        non-empty, else None, which tells the loaders to use the hub. The path is
+        non-empty, else None, in which case the loaders read the hub. The path is
         expanded (``~``) and made absolute but not checked for existence here, so
         that the loader reports the exact file it could not find.
     """
