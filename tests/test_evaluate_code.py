@@ -127,8 +127,8 @@ def test_wrong_completion_fails(problems, tmp_path):
 
 
 def test_infinite_loop_killed(problems, tmp_path):
-    # The margin covers interpreter start-up and the kill on a loaded 2-core
-    # machine; the check is that the kill happens, not how fast code runs.
+    # The margin covers interpreter start-up and the kill on a busy machine.
+    # The check is that the kill happens, not how fast code runs.
     limit_s, margin_s = 2.0, 4.0
     start = time.perf_counter()
     result = run_completion(problems[0], "    while True:\n        pass\n", timeout_s=limit_s, work_root=tmp_path)
@@ -141,8 +141,8 @@ def test_infinite_loop_killed(problems, tmp_path):
 
 
 def test_child_processes_killed_on_timeout(problems, tmp_path):
-    # The completion starts a grandchild that writes its pid and then sleeps;
-    # killing the process group must end it too.
+    # The completion starts a grandchild that sleeps, and writes its pid.
+    # Killing the process group must end the grandchild too.
     pid_file = tmp_path / "grandchild.pid"
     completion = (
         "    import subprocess, sys\n"
@@ -156,7 +156,7 @@ def test_child_processes_killed_on_timeout(problems, tmp_path):
     result = run_completion(problems[0], completion, timeout_s=2.0, work_root=work_root)
     assert result.status == "timed_out"
     grandchild_pid = int(pid_file.read_text())
-    # SIGKILL is delivered asynchronously; allow the kernel a moment to reap.
+    # SIGKILL is delivered asynchronously, so allow the kernel a moment to act.
     deadline = time.monotonic() + 2.0
     alive = True
     while alive and time.monotonic() < deadline:
@@ -172,8 +172,8 @@ def test_child_processes_killed_on_timeout(problems, tmp_path):
 
 
 def test_socket_blocked(problems, tmp_path):
-    # A listener on loopback that the completion tries to reach; no connection
-    # may arrive, and the completion must see the guard's OSError.
+    # The completion tries to reach a listener on loopback. No connection may
+    # arrive, and the completion must see the guard's OSError.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
         server.bind(("127.0.0.1", 0))
         server.listen(1)

@@ -130,7 +130,7 @@ class ExecutionResult:
     passed : bool
         True only when the program ran to the end without an exception.
     status : str
-        ``"passed"``; ``"failed"`` when the program raised (a wrong answer, an
+        ``"passed"``; ``"failed"`` when the program raised (a wrong result, an
         exception in the completion, a ``MemoryError`` under the memory limit,
         a blocked socket); ``"timed_out"`` when the wall-clock or CPU limit was
         reached; ``"error"`` when the program did not compile or the process
@@ -388,9 +388,13 @@ def run_completion(
 def _classify(*, timed_out: bool, returncode: int, result_path: Path, stderr: str, timeout_s: float) -> ExecutionResult:
     if timed_out:
         return ExecutionResult(False, "timed_out", f"wall-clock limit of {timeout_s} s reached; process group killed")
-    if returncode == -signal.SIGXCPU or returncode == -signal.SIGKILL:
-        # RLIMIT_CPU sends SIGXCPU at the soft limit and SIGKILL at the hard limit.
-        return ExecutionResult(False, "timed_out", f"CPU time limit reached (exit status {returncode})")
+    if returncode == -signal.SIGXCPU:
+        return ExecutionResult(False, "timed_out", "CPU time limit reached (SIGXCPU)")
+    if returncode == -signal.SIGKILL:
+        # RLIMIT_CPU sends SIGKILL at the hard limit, one second after SIGXCPU.
+        return ExecutionResult(
+            False, "timed_out", "killed by SIGKILL: CPU time hard limit reached, or killed from outside"
+        )
     if result_path.is_file():
         try:
             outcome = json.loads(result_path.read_text(encoding="utf-8"))

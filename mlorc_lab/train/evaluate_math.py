@@ -23,9 +23,9 @@ __all__ = [
 ALPACA_PROMPT_TEMPLATE = "### Instruction:\n{question}\n\n### Response:\n"
 
 # The default prompt ends with the "### Response:" header, so a new "### " header
-# starts a turn the model invented; numbers in it must not count as the answer.
-# "\n#### 72" (the GSM8K answer marker) does not match, because a fourth "#"
-# follows the three.
+# starts a turn the model invented. Numbers in that turn must not count as the
+# answer. The GSM8K answer marker "\n#### 72" does not match, because its fourth
+# "#" comes where the space would be.
 GSM8K_STOP_SEQUENCES = ("\n### ",)
 
 ANSWER_MARKER = "####"
