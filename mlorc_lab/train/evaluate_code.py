@@ -431,7 +431,7 @@ def generate_completions(
     model,
     tokenizer,
     problems: Sequence[dict],
-    max_new_tokens: int = 512,
+    max_new_tokens: int,
     *,
     batch_size: int = 1,
     stop_sequences: Sequence[str] = HUMANEVAL_STOP_SEQUENCES,
@@ -445,8 +445,9 @@ def generate_completions(
         A transformers causal LM and its tokenizer.
     problems : sequence of dict
         HumanEval problems as returned by :func:`load_humaneval`.
-    max_new_tokens : int, default 512
-        Maximum number of generated tokens per problem.
+    max_new_tokens : int
+        Maximum number of generated tokens per problem. Generation stops earlier
+        only at the EOS token, and the stop sequences are applied afterwards.
     batch_size : int, default 1
         Prompts per ``generate`` call (left-padded).
     stop_sequences : sequence of str, default HUMANEVAL_STOP_SEQUENCES

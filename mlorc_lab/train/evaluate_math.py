@@ -133,7 +133,9 @@ def gsm8k_accuracy(
     max_new_tokens : int, default 256
         Maximum number of generated tokens per question.
     batch_size : int, default 8
-        Questions per ``generate`` call.
+        Questions per ``generate`` call. With greedy decoding and left padding it
+        sets speed and memory, not the generated text (up to floating-point
+        differences from padded attention).
     format_prompt : callable, default format_alpaca_prompt
         Maps a question to the prompt text. The default is the Alpaca template
         ``"### Instruction:\\n{question}\\n\\n### Response:\\n"``.
