@@ -240,6 +240,13 @@ def test_minimal_environment(tmp_path):
     assert result.status == "passed", result.detail
 
 
+def test_run_completion_missing_field(tmp_path):
+    problem = _synthetic_problem()
+    del problem["test"]
+    with pytest.raises(ValueError, match="missing the string field 'test'"):
+        run_completion(problem, "    return 2 * x\n", work_root=tmp_path)
+
+
 def test_execution_result_validates_status():
     with pytest.raises(ValueError, match="status must be one of"):
         ExecutionResult(False, "crashed", "")
