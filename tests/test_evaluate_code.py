@@ -224,7 +224,7 @@ def test_files_written_by_program_removed(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_minimal_environment(tmp_path):
+def test_minimal_environment(tmp_path, monkeypatch):
     # HOME is the temporary folder and proxy variables are not passed on.
     completion = (
         "    import os\n"
@@ -232,11 +232,8 @@ def test_minimal_environment(tmp_path):
         "    assert os.environ['HOME'] == os.getcwd()\n"
         "    return 2 * x\n"
     )
-    os.environ["HTTPS_PROXY"] = "http://127.0.0.1:9"
-    try:
-        result = run_completion(_synthetic_problem(), completion, work_root=tmp_path)
-    finally:
-        del os.environ["HTTPS_PROXY"]
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    result = run_completion(_synthetic_problem(), completion, work_root=tmp_path)
     assert result.status == "passed", result.detail
 
 
