@@ -332,26 +332,26 @@ class MLorcOptimizer(Optimizer):
         return super().state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state dict, keeping the saved dtypes of factors and generator states.
+        """Load a state dict, keeping the saved dtypes and values of every state tensor.
 
         ``torch.optim.Optimizer.load_state_dict`` casts every floating-point state
-        tensor to its parameter's dtype, which would turn fp32 factors of a bf16
-        parameter into bf16 and corrupt the uint8 generator states; the saved dtypes
-        are restored afterwards. Group options missing from an older state dict are
-        filled in from this optimizer's defaults.
+        tensor to its parameter's dtype, which would round fp32 factors of a bf16
+        parameter to bf16 and corrupt the uint8 generator states. The saved tensors are
+        therefore copied in afterwards, moved only to the parameter's device (generator
+        states stay on the CPU, where ``Generator.set_state`` wants them). Group options
+        missing from an older state dict are filled in from this optimizer's defaults.
         """
-        saved_dtypes = {
-            index: {key: value.dtype for key, value in param_state.items() if isinstance(value, torch.Tensor)}
+        saved_tensors = {
+            index: {key: value for key, value in param_state.items() if isinstance(value, torch.Tensor)}
             for index, param_state in state_dict["state"].items()
         }
         super().load_state_dict(state_dict)
         saved_ids = [index for group in state_dict["param_groups"] for index in group["params"]]
         params = [param for group in self.param_groups for param in group["params"]]
         for index, param in zip(saved_ids, params):
-            for key, dtype in saved_dtypes.get(index, {}).items():
-                value = self.state[param][key]
+            for key, value in saved_tensors.get(index, {}).items():
                 device = "cpu" if key == _RNG_STATE_KEY else param.device
-                self.state[param][key] = value.to(device=device, dtype=dtype)
+                self.state[param][key] = value.to(device=device, copy=True)
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
