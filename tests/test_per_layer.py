@@ -48,7 +48,7 @@ def train(optimizer_class, *, per_layer, steps, accumulation, device="cpu"):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("optimizer_class", OPTIMIZERS)
 def test_matches_standard_mode_with_accumulation(optimizer_class, device):
-    # Each parameter sees the same summed gradient, learning rate and generator in both
+    # Each parameter gets the same summed gradient, learning rate and generator in both
     # modes and is stepped by the same code, so the weights agree bit for bit.
     standard, standard_optimizer = train(optimizer_class, per_layer=False, steps=3, accumulation=ACCUMULATION, device=device)
     per_layer, per_layer_optimizer = train(optimizer_class, per_layer=True, steps=3, accumulation=ACCUMULATION, device=device)

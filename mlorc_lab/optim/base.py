@@ -47,10 +47,11 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
 class MLorcOptimizer(Optimizer):
     """Base class of :class:`MLorcAdamW` and :class:`MLorcLion`.
 
-    Subclasses define ``_moment_names`` (the state keys of the moments, each stored as
-    factors ``<name>_U``, ``<name>_S``, ``<name>_V`` or densely as ``<name>``) and
-    implement ``_validate_group`` additions, ``_update_dense`` and ``_update_compressed``;
-    this class creates the state, counts steps and checks gradients.
+    Subclasses define ``_moment_names``, the state keys of the moments. Each moment is
+    stored as factors ``<name>_U``, ``<name>_S``, ``<name>_V`` or densely as ``<name>``.
+    Subclasses also add to ``_validate_group`` and implement ``_update_dense`` and
+    ``_update_compressed``, while this class creates the state, counts steps and checks
+    gradients.
     """
 
     _moment_names: tuple[str, ...] = ()

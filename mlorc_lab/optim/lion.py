@@ -25,10 +25,10 @@ def lion_update(
     beta2: float,
     weight_decay: float,
 ) -> torch.Tensor:
-    """Step ``param`` in place by Lion and return the new momentum (a new tensor).
+    """Step ``param`` in place by Lion and return the new momentum as a new tensor.
 
-    ``exp_avg`` is the previous momentum m and ``grad`` the gradient g, both of
-    ``param``'s shape and in the dtype the arithmetic runs in (at least fp32); neither
+    ``exp_avg`` is the previous momentum m and ``grad`` the gradient g. Both have
+    ``param``'s shape and the dtype the arithmetic runs in (at least fp32), and neither
     is modified. The steps are
 
     1. W <- W (1 - lr * weight_decay)
@@ -81,7 +81,7 @@ class MLorcLion(MLorcOptimizer):
         option below except ``seed``.
     lr : float, default 1e-4
         Learning rate. Every entry moves by lr (plus weight decay) per step, so Lion
-        wants a learning rate 3 to 10 times smaller than AdamW's (Chen et al. 2023).
+        usually takes a smaller learning rate than AdamW.
     betas : (float, float), default (0.9, 0.99)
         beta1 mixes momentum and gradient into the update direction, beta2 is the decay
         rate of the stored momentum, each in [0, 1]. These are the Lion paper's defaults.

@@ -1,10 +1,9 @@
 """Per-layer updates: step each parameter from its gradient hook and free the gradient.
 
-In the standard mode every gradient of the model is held until ``optimizer.step()``.
-In the per-layer mode (the MLorc paper's appendix C.2, after LOMO and GaLore's
-layer-wise updates) each parameter is stepped as soon as autograd has accumulated its
-gradient, and the gradient is released at once, so at most a few full gradients exist
-at any time during the backward pass.
+In the standard mode every gradient of the model is kept until ``optimizer.step()``.
+The per-layer mode, which the MLorc paper (arXiv 2506.01897) uses to save memory,
+steps each parameter as soon as autograd has accumulated its gradient and releases the
+gradient at once. Full gradients of the whole model therefore never exist together.
 """
 
 from __future__ import annotations
@@ -29,9 +28,9 @@ class PerLayerUpdater:
     ``Tensor.register_post_accumulate_grad_hook``. Each backward pass that gives a
     parameter a gradient counts as one micro-batch for it. On its
     ``accumulation_steps``-th micro-batch the hook steps that parameter alone with the
-    accumulated gradient (:meth:`MLorcOptimizer.step_parameter`, with the same gradient
-    checks as ``step()``) and sets its ``.grad`` to None; before that the gradient is
-    left to accumulate.
+    accumulated gradient and sets its ``.grad`` to None. Before that the gradient is left
+    to accumulate. The step is :meth:`MLorcOptimizer.step_parameter`, which applies the
+    gradient checks of ``step()`` to this one parameter.
 
     Keep the training loop of the standard mode: call ``optimizer.step()``,
     ``scheduler.step()`` and ``optimizer.zero_grad()`` once every
