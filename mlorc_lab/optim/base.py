@@ -61,12 +61,15 @@ class MLorcOptimizer(Optimizer):
         self.seed = seed
         self._param_index: dict[torch.Tensor, int] = {}
         self._generators: dict[torch.Tensor, torch.Generator] = {}
+        # Parameter -> its group, rebuilt when groups are added or replaced by loading.
+        self._group_cache: dict[torch.Tensor, dict[str, Any]] = {}
         super().__init__(params, defaults)
 
     # ------------------------------------------------------------------ options
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
+        self._group_cache.clear()
         group = self.param_groups[-1]
         self._validate_group(group)
         for param in group["params"]:
@@ -263,9 +266,11 @@ class MLorcOptimizer(Optimizer):
             self._update_parameter(group, param)
 
     def _group_of(self, param: torch.Tensor) -> dict[str, Any]:
-        for group in self.param_groups:
-            if any(candidate is param for candidate in group["params"]):
-                return group
+        if not self._group_cache:
+            self._group_cache = {candidate: group for group in self.param_groups for candidate in group["params"]}
+        group = self._group_cache.get(param)
+        if group is not None:
+            return group
         raise ValueError(
             f"The parameter of shape {tuple(param.shape)} is not in any parameter group of this "
             f"{type(self).__name__}; pass it to the optimizer first"
@@ -353,6 +358,7 @@ class MLorcOptimizer(Optimizer):
             for key, value in saved_tensors.get(index, {}).items():
                 device = "cpu" if key == _RNG_STATE_KEY else param.device
                 self.state[param][key] = value.to(device=device, copy=True)
+        self._group_cache.clear()
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
@@ -360,6 +366,7 @@ class MLorcOptimizer(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self._group_cache = {}
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
