@@ -32,7 +32,7 @@ TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"
 
 
 def build(method: str, model: torch.nn.Module, rank: int, learning_rate: float):
-    """Return ``(model, optimizer, how)`` for ``method``; ``how`` says where it was built.
+    """Return ``(model, optimizer, how)`` for ``method``; ``how`` names what built it.
 
     The method registry is used when it has the method. LoRA and GaLore fall back to a
     direct construction here (peft's LoRA on the projections with alpha = 2 r, and
