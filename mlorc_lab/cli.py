@@ -66,6 +66,32 @@ def _figures(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_bench_step():
+    """Import ``benchmarks/bench_step.py`` from the repository this package runs from."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_step.py"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Benchmark script not found at {path}; run mlorc-lab from a source checkout "
+            "(pip install -e .), where benchmarks/ sits beside mlorc_lab/"
+        )
+    spec = importlib.util.spec_from_file_location("bench_step", path)
+    module = importlib.util.module_from_spec(spec)
+    # dataclasses look the module up in sys.modules while the class is created.
+    sys.modules["bench_step"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _bench(args: argparse.Namespace) -> int:
+    # The script parses its own options, so that importing torch waits until needed.
+    bench_step = _load_bench_step()
+    # The table is the command's output, so it goes to stdout rather than the log.
+    bench_step.run(bench_step.build_parser(prog="mlorc-lab bench").parse_args(args.bench_args), report=print)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``mlorc-lab`` command."""
     parser = argparse.ArgumentParser(prog="mlorc-lab", description=__doc__)
@@ -90,13 +116,25 @@ def build_parser() -> argparse.ArgumentParser:
     figures.add_argument("--figures-dir", default="figures", help="where figures and tables are written (default: figures)")
     figures.add_argument("--notebooks-dir", default="notebooks", help="folder of the source notebooks (default: notebooks)")
     figures.set_defaults(handler=_figures)
+
+    bench = commands.add_parser(
+        "bench",
+        help="time one optimizer step of MLorc against AdamW, GaLore and Lion (mlorc-lab bench --help)",
+        add_help=False,
+    )
+    # Its options, parsed by benchmarks/bench_step.py, reach main() as unknown arguments.
+    bench.set_defaults(handler=_bench, bench_args=[])
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if args.command == "bench":
+        args.bench_args = unknown
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -10,6 +10,7 @@ import torch
 from mlorc_lab.linalg import LowRankFactors, compute_dtype_for
 from mlorc_lab.optim.base import MLorcOptimizer, bias_corrections
 from mlorc_lab.optim.compression import compress_moment, fix_negative_entries, rebuild_moment
+from mlorc_lab.optim.fast import fix_negative_entries_, randomized_svd_fast, rebuild_into
 from mlorc_lab.optim.layout import matrix_shape
 
 __all__ = ["MLorcAdamW", "adamw_update"]
@@ -40,6 +41,33 @@ def adamw_update(
     work.mul_(1.0 - lr * weight_decay)
     bias_correction1, bias_correction2_sqrt = bias_corrections(step, beta1, beta2)
     denominator = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+    work.addcdiv_(exp_avg, denominator, value=-lr / bias_correction1)
+    if work is not param:
+        param.copy_(work)
+
+
+def _adamw_update_in_place(
+    param: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    *,
+    step: int,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+) -> None:
+    """Do what :func:`adamw_update` does, turning ``exp_avg_sq`` into the denominator.
+
+    ``exp_avg_sq`` is overwritten, which saves the full-size temporary of the square
+    root; the fast path calls this after both moments have been compressed.
+    """
+    work_dtype = torch.promote_types(param.dtype, exp_avg.dtype)
+    work = param if param.dtype == work_dtype else param.to(work_dtype)
+    work.mul_(1.0 - lr * weight_decay)
+    bias_correction1, bias_correction2_sqrt = bias_corrections(step, beta1, beta2)
+    denominator = exp_avg_sq.sqrt_().div_(bias_correction2_sqrt).add_(eps)
     work.addcdiv_(exp_avg, denominator, value=-lr / bias_correction1)
     if work is not param:
         param.copy_(work)
@@ -102,6 +130,17 @@ class MLorcAdamW(MLorcOptimizer):
         Storage dtype of factors and dense moments: "float32", "float64", "bfloat16" or
         "float16". None stores fp32 (fp64 for fp64 parameters). The arithmetic of the
         update and of the randomized SVD runs in fp32 whatever this is.
+    implementation : {"fast", "reference"}, default "fast"
+        "reference" follows the update above line by line, creating each intermediate
+        as a new tensor. "fast" runs the same operations in place in buffers kept
+        between steps (see :mod:`mlorc_lab.optim.fast`); it differs from the reference
+        only by rounding, and keeps one full matrix per moment of the largest
+        compressed parameter on CPU (:meth:`workspace_bytes`).
+    orthonormalisation : {"householder", "cholesky"}, default "householder"
+        How the fast path orthonormalises the randomized SVD's sketch: Householder QR,
+        as the reference, or CholeskyQR2, which is numerically different (see
+        :func:`mlorc_lab.optim.fast.orthonormal_basis`). The reference path always
+        uses Householder QR.
     seed : int, default 0
         Seed of the per-parameter generators that draw the randomized SVD's test
         matrices; parameter i uses seed * 1000003 + i. Saved in the state dict.
@@ -129,6 +168,8 @@ class MLorcAdamW(MLorcOptimizer):
         power_iterations: int = 0,
         compress: bool | None = None,
         state_dtype: str | None = None,
+        implementation: str = "fast",
+        orthonormalisation: str = "householder",
         seed: int = 0,
     ) -> None:
         defaults = dict(
@@ -141,6 +182,8 @@ class MLorcAdamW(MLorcOptimizer):
             power_iterations=power_iterations,
             compress=compress,
             state_dtype=state_dtype,
+            implementation=implementation,
+            orthonormalisation=orthonormalisation,
         )
         super().__init__(params, defaults, seed=seed)
 
@@ -199,6 +242,12 @@ class MLorcAdamW(MLorcOptimizer):
             exp_avg_sq.copy_(v)
 
     def _update_compressed(self, group: dict[str, Any], state: dict[str, Any], param: torch.Tensor) -> None:
+        if group["implementation"] == "fast":
+            self._update_compressed_fast(group, state, param)
+        else:
+            self._update_compressed_reference(group, state, param)
+
+    def _update_compressed_reference(self, group: dict[str, Any], state: dict[str, Any], param: torch.Tensor) -> None:
         options = self._options(group, state)
         storage = state["exp_avg_U"].dtype
         # NOTE: the arithmetic runs in fp32 (fp64 for fp64 state) even when the
@@ -226,6 +275,46 @@ class MLorcAdamW(MLorcOptimizer):
             )
             state[f"{name}_U"], state[f"{name}_S"], state[f"{name}_V"] = factors
         adamw_update(param, m.reshape(param.shape), v.reshape(param.shape), **options)
+
+    def _update_compressed_fast(self, group: dict[str, Any], state: dict[str, Any], param: torch.Tensor) -> None:
+        # The operations of _update_compressed_reference, in place in two workspace
+        # buffers; every full-size tensor below is one of them (or the gradient).
+        options = self._options(group, state)
+        beta1, beta2 = options["beta1"], options["beta2"]
+        storage = state["exp_avg_U"].dtype
+        work = compute_dtype_for(storage)
+        view = matrix_shape(param.shape)
+        grad = param.grad.reshape(view).to(work)
+        m = self._workspace.buffer("exp_avg", view, work, param.device)
+        v = self._workspace.buffer("exp_avg_sq", view, work, param.device)
+
+        if options["step"] > 1:
+            rebuild_into(v, self._factors(state, "exp_avg_sq"))
+            state["negative_v_fraction"], state["negative_v_fill"] = fix_negative_entries_(v, scratch=m)
+            rebuild_into(m, self._factors(state, "exp_avg"))
+            m.lerp_(grad, 1.0 - beta1)
+            v.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+        else:
+            # The factors of step 0 rebuild to zero; the zero fill skips the product.
+            m.zero_().lerp_(grad, 1.0 - beta1)
+            v.zero_().addcmul_(grad, grad, value=1.0 - beta2)
+
+        generator = self._generator(param)
+        for name, moment in (("exp_avg", m), ("exp_avg_sq", v)):
+            factors = randomized_svd_fast(
+                moment,
+                group["rank"],
+                oversampling=group["oversampling"],
+                power_iterations=group["power_iterations"],
+                generator=generator,
+                orthonormalisation=group["orthonormalisation"],
+            )
+            state[f"{name}_U"], state[f"{name}_S"], state[f"{name}_V"] = (t.to(storage) for t in factors)
+        _adamw_update_in_place(param, m.view(param.shape), v.view(param.shape), **options)
+
+    @staticmethod
+    def _factors(state: dict[str, Any], name: str) -> LowRankFactors:
+        return LowRankFactors(state[f"{name}_U"], state[f"{name}_S"], state[f"{name}_V"])
 
     @staticmethod
     def _rebuild(state: dict[str, Any], name: str, work: torch.dtype) -> torch.Tensor:

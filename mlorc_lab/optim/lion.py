@@ -10,6 +10,7 @@ import torch
 from mlorc_lab.linalg import LowRankFactors, compute_dtype_for
 from mlorc_lab.optim.base import MLorcOptimizer
 from mlorc_lab.optim.compression import compress_moment, rebuild_moment
+from mlorc_lab.optim.fast import randomized_svd_fast, rebuild_into
 from mlorc_lab.optim.layout import matrix_shape
 
 __all__ = ["MLorcLion", "lion_update"]
@@ -100,6 +101,15 @@ class MLorcLion(MLorcOptimizer):
         Storage dtype of the factors and dense momentum: "float32", "float64",
         "bfloat16" or "float16". None stores fp32 (fp64 for fp64 parameters). The
         arithmetic runs in fp32 whatever this is.
+    implementation : {"fast", "reference"}, default "fast"
+        "reference" follows the update above line by line. "fast" runs the same
+        operations in place in one buffer kept between steps, rebuilding the momentum
+        twice (once for the direction, once for the new momentum) instead of keeping
+        a second full matrix; it differs from the reference only by rounding.
+    orthonormalisation : {"householder", "cholesky"}, default "householder"
+        How the fast path orthonormalises the randomized SVD's sketch (see
+        :func:`mlorc_lab.optim.fast.orthonormal_basis`); CholeskyQR2 is numerically
+        different from the reference's Householder QR.
     seed : int, default 0
         Seed of the per-parameter generators that draw the randomized SVD's test
         matrices; parameter i uses seed * 1000003 + i.
@@ -126,6 +136,8 @@ class MLorcLion(MLorcOptimizer):
         power_iterations: int = 0,
         compress: bool | None = None,
         state_dtype: str | None = None,
+        implementation: str = "fast",
+        orthonormalisation: str = "householder",
         seed: int = 0,
     ) -> None:
         defaults = dict(
@@ -137,6 +149,8 @@ class MLorcLion(MLorcOptimizer):
             power_iterations=power_iterations,
             compress=compress,
             state_dtype=state_dtype,
+            implementation=implementation,
+            orthonormalisation=orthonormalisation,
         )
         super().__init__(params, defaults, seed=seed)
 
@@ -176,6 +190,12 @@ class MLorcLion(MLorcOptimizer):
         exp_avg.copy_(new_exp_avg)
 
     def _update_compressed(self, group: dict[str, Any], state: dict[str, Any], param: torch.Tensor) -> None:
+        if group["implementation"] == "fast":
+            self._update_compressed_fast(group, state, param)
+        else:
+            self._update_compressed_reference(group, state, param)
+
+    def _update_compressed_reference(self, group: dict[str, Any], state: dict[str, Any], param: torch.Tensor) -> None:
         storage = state["exp_avg_U"].dtype
         # The arithmetic runs in fp32 (fp64 for fp64 state) even when the factors are
         # stored in bf16 or fp16, so storage only rounds the factors.
@@ -195,3 +215,36 @@ class MLorcLion(MLorcOptimizer):
             generator=self._generator(param),
             storage_dtype=storage,
         )
+
+    def _update_compressed_fast(self, group: dict[str, Any], state: dict[str, Any], param: torch.Tensor) -> None:
+        # The operations of lion_update in one workspace buffer. The momentum is rebuilt
+        # twice, which costs one skinny product but saves keeping a second full matrix.
+        options = self._options(group)
+        beta1, beta2 = options["beta1"], options["beta2"]
+        storage = state["exp_avg_U"].dtype
+        work = compute_dtype_for(storage)
+        view = matrix_shape(param.shape)
+        grad = param.grad.reshape(view).to(work)
+        factors = LowRankFactors(state["exp_avg_U"], state["exp_avg_S"], state["exp_avg_V"])
+        buffer = self._workspace.buffer("exp_avg", view, work, param.device)
+        first = state["step"] == 1  # the factors of step 0 rebuild to zero
+
+        weight = param if param.dtype == work else param.to(work)
+        weight.mul_(1.0 - options["lr"] * options["weight_decay"])
+        direction = buffer.zero_() if first else rebuild_into(buffer, factors)
+        direction.mul_(beta1).add_(grad, alpha=1.0 - beta1).sign_()
+        weight.add_(direction.view(param.shape), alpha=-options["lr"])
+        if weight is not param:
+            param.copy_(weight)
+
+        momentum = buffer.zero_() if first else rebuild_into(buffer, factors)
+        momentum.mul_(beta2).add_(grad, alpha=1.0 - beta2)
+        new_factors = randomized_svd_fast(
+            momentum,
+            group["rank"],
+            oversampling=group["oversampling"],
+            power_iterations=group["power_iterations"],
+            generator=self._generator(param),
+            orthonormalisation=group["orthonormalisation"],
+        )
+        state["exp_avg_U"], state["exp_avg_S"], state["exp_avg_V"] = (t.to(storage) for t in new_factors)
