@@ -44,11 +44,12 @@ def loss_of(model, inputs):
 # transformer runs in fp64 because attention gives some weights gradients near zero
 # (the key projection), where v is far below fp32 rounding of the largest v and
 # m / sqrt(v) then depends on that rounding; the fp32 check uses an MLP instead, and
-# its tolerance is 1e-4, under 1e-3 of the distance 20 steps of lr 1e-2 can move a
-# weight (0.2), since entries with small v still amplify the rounding of the rebuild.
+# its tolerance is 2e-4, 1e-3 of the distance 20 steps of lr 1e-2 can move a
+# weight (0.2), since entries with small v still amplify the rounding of the rebuild
+# (measured: 6e-5 on the reference path, 8.5e-5 on the fast path).
 @pytest.mark.parametrize(
     ("make_model", "dtype", "atol"),
-    [(small_transformer, torch.float64, 1e-11), (small_mlp, torch.float32, 1e-4)],
+    [(small_transformer, torch.float64, 1e-11), (small_mlp, torch.float32, 2e-4)],
 )
 def test_full_rank_matches_adamw_every_step(make_model, dtype, atol):
     model = make_model(dtype)
