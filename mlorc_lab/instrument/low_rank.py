@@ -1,8 +1,8 @@
 """Recorder of the low-rank assumption and of the negative-v fix during training.
 
 At each due step and for each recorded matrix it writes one ``low_rank`` record per
-quantity (``grad``, ``exp_avg``, ``exp_avg_sq``): rho = tail_r / ||M||_F, the
-effective rank, and whether the convergence condition of
+quantity (``grad``, ``exp_avg``, ``exp_avg_sq``): the singular values, rho =
+tail_r / ||M||_F, the effective rank, and whether the convergence condition of
 :func:`mlorc_lab.diagnostics.theorem_threshold` holds. The moments are those the
 optimizer forms at this step before any compression (see
 :func:`mlorc_lab.instrument.moments.moments_before_compression`): the rank-r factors
@@ -117,6 +117,7 @@ class LowRankRecorder(StepRecorder):
                         condition_applicable=threshold is not None,
                         condition_threshold=threshold,
                         condition_holds=holds,
+                        singular_values=[float(f"{value:.6g}") for value in values.tolist()],
                     )
                 )
         self.writer.write_many(records)
