@@ -40,6 +40,7 @@ __all__ = [
     "rsvd_error_sweep",
     "studies_frame",
     "sweep_studies",
+    "synthetic_sweep",
 ]
 
 DEFAULT_OVERSAMPLINGS = (0, 2, 5, 10)
@@ -252,3 +253,35 @@ def rsvd_error_sweep(
         generator=generator,
     )
     return studies_frame([study.as_record() for study in studies])
+
+
+def synthetic_sweep(
+    shape: tuple[int, int],
+    rank: int,
+    *,
+    spectra: Sequence[tuple[str, float]] = (("polynomial", 1.0), ("exponential", 0.05)),
+    oversamplings: Sequence[int] = DEFAULT_OVERSAMPLINGS,
+    power_iterations: Sequence[int] = DEFAULT_POWER_ITERATIONS,
+    draws: int = 100,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Run :func:`rsvd_error_sweep` on one synthetic matrix per (kind, rate) spectrum.
+
+    The default spectra are sigma_j = 1 / j, whose tail keeps most of the energy, and
+    sigma_j = exp(-0.05 (j - 1)), which decays by e^-1 every 20 values. The rows get a
+    ``source`` column such as "polynomial 1/j^1".
+    """
+    from mlorc_lab.diagnostics.synthetic import matrix_with_spectrum, synthetic_spectrum
+
+    generator = torch.Generator().manual_seed(seed)
+    frames = []
+    for kind, rate in spectra:
+        spectrum = synthetic_spectrum(kind, min(shape), rate)
+        matrix = matrix_with_spectrum(shape, spectrum, generator)
+        frame = rsvd_error_sweep(
+            matrix, rank, oversamplings=oversamplings, power_iterations=power_iterations, draws=draws, generator=generator
+        )
+        label = f"polynomial 1/j^{rate:g}" if kind == "polynomial" else f"exponential e^(-{rate:g}(j-1))"
+        frame.insert(0, "source", f"synthetic {label}")
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
