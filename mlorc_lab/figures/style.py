@@ -1,8 +1,4 @@
-"""Shared figure style and file output.
-
-NOTE: a minimal stand-in so the diagnostics figures run on this branch; the lead's
-version of this module replaces it on merge.
-"""
+"""Shared figure style and saving."""
 
 from __future__ import annotations
 
@@ -11,16 +7,23 @@ from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
+matplotlib.use("Agg")  # figures are written to files; no display is needed
+
 import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-__all__ = ["apply_style", "save_figure"]
+__all__ = ["QUANTITY_LABELS", "apply_style", "save_figure"]
+
+QUANTITY_LABELS = {
+    "grad": "gradient",
+    "exp_avg": "first moment $m$",
+    "exp_avg_sq": "second moment $v$",
+}
 
 
 def apply_style() -> None:
     """Set the seaborn theme used by every figure of the project."""
-    sns.set_theme(style="whitegrid", context="paper")
+    sns.set_theme(context="paper", style="whitegrid", font_scale=1.1)
 
 
 def save_figure(figure: plt.Figure, path_without_suffix: str | os.PathLike) -> list[Path]:
