@@ -188,7 +188,8 @@ def get_diagnostics_settings(name: str) -> DiagnosticsSettings:
         # of GaLore's 200 so that the run shows five refreshes.
         return DiagnosticsSettings(model=CPU_ENCODER, steps=300, record_every=10, rsvd_every=100, refresh_every=50)
     if name == "paper":
-        # roberta-base as in the paper's GLUE runs; GaLore's default T = 200.
+        # roberta-base, the encoder of the MLorc paper's GLUE experiments, and T = 200,
+        # the default update_proj_gap of galore_torch 1.0.
         return DiagnosticsSettings(
             model="FacebookAI/roberta-base",
             batch_size=32,

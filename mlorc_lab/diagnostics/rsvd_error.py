@@ -14,7 +14,7 @@ truncated factors lose the p extra directions, so their error can exceed the bou
 even though the range error does not.
 
 For q > 0 Theorem 10.5 does not apply as stated (its sketch is Y = A Omega). Power
-iterations only sharpen the spectrum the sketch sees, so the q = 0 bound is reported
+iterations only sharpen the spectrum the sketch is built from, so the q = 0 bound is reported
 for reference; whether it holds for q > 0 is measured here, not proven.
 """
 
@@ -77,20 +77,20 @@ class RsvdErrorStudy:
     bound: float | None
     bound_defined: bool
 
-    def exceeds_bound(self, which: str = "range") -> bool | None:
+    def exceeds_bound(self, error_kind: str = "range") -> bool | None:
         """Return whether the mean error lies above the bound beyond sampling noise.
 
-        ``which`` is "range" (the quantity the theorem bounds) or "truncated" (the
+        ``error_kind`` is "range" (the quantity the theorem bounds) or "truncated" (the
         rank-r factors). The margin is ``NOISE_STANDARD_ERRORS`` standard errors of
         the mean. Returns None when the bound is undefined.
         """
-        if which not in ("range", "truncated"):
-            raise ValueError(f"Unknown error kind {which!r}; use 'range' or 'truncated'")
+        if error_kind not in ("range", "truncated"):
+            raise ValueError(f"Unknown error kind {error_kind!r}; use 'range' or 'truncated'")
         if self.bound is None:
             return None
         mean, std = (
             (self.range_error_mean, self.range_error_std)
-            if which == "range"
+            if error_kind == "range"
             else (self.error_mean, self.error_std)
         )
         return mean > self.bound + NOISE_STANDARD_ERRORS * std / math.sqrt(self.draws)

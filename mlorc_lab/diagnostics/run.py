@@ -52,7 +52,7 @@ DECODER_MATRIX_PATTERNS: dict[str, str] = {
     "ffn_out": r"mlp\.down_proj\.weight$",
 }
 
-# The RSVD error sweep is the costliest recorder, so it sees only these matrix types.
+# The RSVD error sweep is the costliest recorder, so it runs only on these matrix types.
 RSVD_MATRIX_TYPES = ("query", "ffn_in")
 
 GLUE_NAMES = ("cola", "mrpc", "rte", "stsb", "sts-b")
@@ -92,7 +92,7 @@ def read_text_documents(path: str | os.PathLike, text_field: str = "text") -> li
             else:
                 raise ValueError(f"Unsupported text data file {path}; use a .txt or .jsonl file")
     if not documents:
-        raise ValueError(f"{path} holds no documents")
+        raise ValueError(f"{path} contains no documents; expected at least one non-empty line")
     return documents
 
 
@@ -139,10 +139,10 @@ def _recorded_parameters(model: torch.nn.Module, matrix_filter: str | None) -> l
     named = list(model.named_parameters())
     if matrix_filter is None:
         return named
-    kept = [(name, param) for name, param in named if re.search(matrix_filter, name)]
-    if not kept:
+    selected = [(name, param) for name, param in named if re.search(matrix_filter, name)]
+    if not selected:
         raise ValueError(f"matrix_filter {matrix_filter!r} matches no parameter name; check the model's names")
-    return kept
+    return selected
 
 
 def _attach_recorders(model, optimizer, writer, settings: DiagnosticsSettings, patterns) -> list[Any]:

@@ -30,7 +30,7 @@ _METHOD_COLORS = {"galore": "tab:red", "mlorc": "tab:blue"}
 def rsvd_bound_summary(frame: pd.DataFrame) -> pd.DataFrame:
     """Return, per (source, oversampling, power iterations), mean ratios to the tail and exceedance counts.
 
-    ``frame`` holds rows of :meth:`mlorc_lab.diagnostics.RsvdErrorStudy.as_record` with
+    ``frame`` contains rows of :meth:`mlorc_lab.diagnostics.RsvdErrorStudy.as_record` with
     a ``source`` column (one row per matrix, and step for real momenta). The counts are
     of rows whose mean over draws lies above the bound beyond 3 standard errors.
     """
@@ -70,9 +70,9 @@ def _exceedance_text(summary: pd.DataFrame) -> str:
 def plot_rsvd_bound(frame: pd.DataFrame, path_without_suffix: str | os.PathLike | None = None):
     """Draw measured error / tail against oversampling p, with the bound and the exact-SVD floor.
 
-    One panel per ``source``. Solid lines: error of the rank-r factors; dashed lines:
-    error of the projection onto the whole sketch (the quantity Theorem 10.5 bounds);
-    one colour per number of power iterations. The black curve is the bound
+    One panel per ``source``, one colour per number of power iterations. Solid lines
+    show the error of the rank-r factors. Dashed lines show the error of the
+    projection onto the whole sketch, the quantity Theorem 10.5 bounds. The black curve is the bound
     (1 + r / (p - 1))^(1/2) for p >= 2 (undefined, so not drawn, at p = 0 and 1); the
     grey line at 1 is the exact SVD. Returns (figure, summary table).
     """

@@ -95,9 +95,9 @@ class LowRankRecorder(StepRecorder):
             for quantity in self.quantities:
                 values = torch.linalg.svdvals(moments[quantity]).cpu().numpy()
                 summary = summarize_low_rank(values, rank)
-                holds = None
+                condition_met = None
                 if threshold is not None and summary.rho is not None:
-                    holds = summary.rho <= threshold
+                    condition_met = summary.rho <= threshold
                 records.append(
                     dict(
                         kind="low_rank",
@@ -116,7 +116,7 @@ class LowRankRecorder(StepRecorder):
                         top_k_ratio=summary.top_k_ratio,
                         condition_applicable=threshold is not None,
                         condition_threshold=threshold,
-                        condition_holds=holds,
+                        condition_holds=condition_met,
                         singular_values=[float(f"{value:.6g}") for value in values.tolist()],
                     )
                 )
