@@ -11,6 +11,7 @@ from mlorc_lab.diagnostics.rsvd_error import (
     RsvdErrorStudy,
     rsvd_error_study,
     rsvd_error_sweep,
+    synthetic_sweep,
 )
 from mlorc_lab.diagnostics.synthetic import SPECTRUM_KINDS, matrix_with_spectrum, synthetic_spectrum
 
@@ -25,5 +26,6 @@ __all__ = [
     "rsvd_error_sweep",
     "summarize_low_rank",
     "synthetic_spectrum",
+    "synthetic_sweep",
     "theorem_threshold",
 ]

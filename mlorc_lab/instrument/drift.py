@@ -10,7 +10,8 @@ As in ``galore_torch.GaLoreProjector`` with ``proj_type="std"``, it projects the
 side: left singular vectors U_r (approximation P P^T M) when m < n, right singular
 vectors V_r (approximation M P P^T) when m >= n.
 
-At each due step it writes, per matrix, one ``drift`` record per method:
+At each due step and each refresh step it writes, per matrix, one ``drift`` record per
+method:
 
 - ``galore``: the principal angles between span(P) and the top-r singular subspace of
   m_shadow on the projector's side, and ||P P^T M - M||_F / ||M||_F (or M P P^T);
@@ -170,7 +171,8 @@ class DriftRecorder(StepRecorder):
         return factors, "rsvd_of_shadow"
 
     def _after_step(self, step: int) -> None:
-        if not self.is_due(step):
+        # Refresh steps are recorded too, so the figure shows the fit right after each refresh.
+        if not (self.is_due(step) or self.is_refresh(step)):
             return
         records = []
         for name, param in self.matrices.items():
