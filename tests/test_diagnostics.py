@@ -14,7 +14,7 @@ from mlorc_lab.diagnostics import (
     theorem_threshold,
 )
 from mlorc_lab.diagnostics.rsvd_error import NOISE_STANDARD_ERRORS
-from mlorc_lab.linalg import principal_angles, rsvd_error_bound
+from mlorc_lab.linalg import principal_angles, randomized_svd, rsvd_error_bound
 
 
 def test_bound_arithmetic_by_hand():
@@ -163,3 +163,16 @@ def test_synthetic_spectrum_values():
     torch.testing.assert_close(
         torch.linalg.svdvals(matrix), synthetic_spectrum("polynomial", 5, 1.0), rtol=1e-12, atol=1e-14
     )
+
+
+def test_study_errors_match_randomized_svd_factors():
+    # The study's rank-r error must be that of randomized_svd(A, r, oversampling=p)
+    # drawn from the same generator state, one draw after the other.
+    matrix = torch.randn(50, 40, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    study = rsvd_error_study(matrix, 4, 5, 1, 2, torch.Generator().manual_seed(11))
+    generator = torch.Generator().manual_seed(11)
+    errors = []
+    for _ in range(2):
+        u, s, v = randomized_svd(matrix, 4, oversampling=5, power_iterations=1, generator=generator)
+        errors.append(float(torch.linalg.norm(matrix - (u * s) @ v.T)))
+    assert study.error_mean == pytest.approx(sum(errors) / 2, rel=1e-12)

@@ -2,7 +2,7 @@
 
 For each recorded matrix the recorder keeps a shadow uncompressed AdamW first moment,
 m_shadow <- beta1 m_shadow + (1 - beta1) g at every step, with the optimizer's beta1 and
-the gradients the run actually sees. It is the ground truth both methods approximate.
+the gradients of the run. It is the ground truth both methods approximate.
 
 A GaLore-style projector P (Zhao et al. 2024, "GaLore") is refreshed at step 1 and every
 ``refresh_every`` steps after it from the current gradient's top-r singular vectors.
