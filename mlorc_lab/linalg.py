@@ -20,8 +20,10 @@ import torch
 __all__ = [
     "LowRankFactors",
     "compute_dtype_for",
+    "principal_angles",
     "randomized_svd",
     "rebuild",
+    "rsvd_error_bound",
     "sketch_width",
 ]
 
@@ -157,3 +159,57 @@ def rebuild(factors: LowRankFactors, dtype: torch.dtype | None = None) -> torch.
     work = compute_dtype_for(u.dtype)
     matrix = (u.to(work) * s.to(work)) @ v.to(work).T
     return matrix if dtype is None else matrix.to(dtype)
+
+
+def rsvd_error_bound(tail: float, rank: int, oversampling: int) -> float | None:
+    """Return the expected Frobenius error bound (1 + r / (p - 1))^(1/2) * tail, or None.
+
+    Halko, Martinsson and Tropp (2011), Theorem 10.5: for a Gaussian test matrix with
+    r + p columns, Y = A Omega and no power iterations, E ||A - P_Y A||_F is at most this
+    value, where ``tail`` is (sum_{j > r} sigma_j^2)^(1/2). The theorem assumes p >= 2
+    (and r >= 2, r + p <= min(m, n)); for p = 0 or 1 the factor r / (p - 1) is
+    undefined or negative, so None is returned instead of inf or NaN.
+
+    The bound is for the projection onto the whole sketched range (r + p columns), which
+    is at least as accurate as the rank-r factors truncated from it.
+    """
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"Invalid rank: {rank!r}; rank must be an integer >= 1")
+    if isinstance(oversampling, bool) or not isinstance(oversampling, int) or oversampling < 0:
+        raise ValueError(f"Invalid oversampling: {oversampling!r}; oversampling must be an integer >= 0")
+    if not tail >= 0:
+        raise ValueError(f"Invalid tail: {tail!r}; the tail norm must be a number >= 0")
+    if oversampling < 2:
+        return None
+    return float((1.0 + rank / (oversampling - 1)) ** 0.5 * tail)
+
+
+def principal_angles(basis_a: torch.Tensor, basis_b: torch.Tensor) -> torch.Tensor:
+    """Return the principal angles, in radians and ascending, between span(A) and span(B).
+
+    ``basis_a`` is (m, k_a) and ``basis_b`` is (m, k_b); their columns need not be
+    orthonormal but must be linearly independent. The result has min(k_a, k_b) angles
+    in [0, pi/2], computed in fp64. Cosines are the singular values of Q_A^T Q_B
+    (Bjorck and Golub, 1973), clamped to [0, 1]. Angles below pi/4 come from the sines,
+    the singular values of Q_B - Q_A Q_A^T Q_B, because arccos loses half the digits
+    of a cosine near 1 (Knyazev and Argentati, 2002).
+    """
+    for label, basis in (("basis_a", basis_a), ("basis_b", basis_b)):
+        if not isinstance(basis, torch.Tensor) or basis.dim() != 2:
+            raise ValueError(f"{label} must be a 2-D tensor (m, k), got {getattr(basis, 'shape', type(basis))}")
+    if basis_a.shape[0] != basis_b.shape[0]:
+        raise ValueError(
+            f"The bases live in different spaces: {basis_a.shape[0]} and {basis_b.shape[0]} rows; "
+            "compare subspaces of the same dimension m"
+        )
+    # The sine formula needs the larger subspace first.
+    if basis_a.shape[1] < basis_b.shape[1]:
+        basis_a, basis_b = basis_b, basis_a
+    q_a = _orthonormal_basis(basis_a.to(torch.float64))
+    q_b = _orthonormal_basis(basis_b.to(torch.float64))
+    cross = q_a.T @ q_b
+    cosines = torch.linalg.svdvals(cross).clamp(0.0, 1.0)  # descending
+    sines = torch.linalg.svdvals(q_b - q_a @ cross).clamp(0.0, 1.0).flip(0)  # ascending
+    from_cosines = torch.arccos(cosines)
+    from_sines = torch.arcsin(sines)
+    return torch.where(cosines.square() >= 0.5, from_sines, from_cosines)

@@ -37,6 +37,25 @@ NOTEBOOKS: dict[str, NotebookEntry] = {
         ("fig4_spectra_glue.png", "fig4_spectra_glue.pdf"),
         "Figure 4: the same on CoLA, MRPC, RTE and STS-B",
     ),
+    "fig5": NotebookEntry(
+        "fig5_rsvd_bound.ipynb",
+        ("fig5_rsvd_bound.png", "fig5_rsvd_bound.pdf"),
+        "Figure 5: randomized SVD error over the best rank-r error against oversampling, with the Halko et al. bound",
+    ),
+    "fig6": NotebookEntry(
+        "fig6_projection_drift.ipynb",
+        ("fig6_projection_drift.png", "fig6_projection_drift.pdf"),
+        "Figure 6: GaLore projector and MLorc factors against the true momentum's subspace during fine-tuning",
+    ),
+    "explore": NotebookEntry(
+        "explore_low_rank.ipynb",
+        tuple(
+            f"explore_low_rank_{part}.{suffix}"
+            for part in ("overview", "rsvd_bound", "drift")
+            for suffix in ("png", "pdf")
+        ),
+        "Spectra, rho, the bound check and drift for any model and data (default: MiniLM on STS-B)",
+    ),
 }
 
 

@@ -14,7 +14,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-__all__ = ["PROFILE_NAMES", "GlueSpectraSettings", "Profile", "get_profile"]
+__all__ = [
+    "PROFILE_NAMES",
+    "DiagnosticsSettings",
+    "GlueSpectraSettings",
+    "Profile",
+    "get_diagnostics_settings",
+    "get_profile",
+]
 
 PROFILE_NAMES = ("smoke", "cpu", "paper")
 
@@ -118,3 +125,80 @@ def get_profile(name: str) -> Profile:
     if name not in _BUILDERS:
         raise ValueError(f"Unknown profile {name!r}; choose one of {', '.join(PROFILE_NAMES)}")
     return _BUILDERS[name]()
+
+
+@dataclass(frozen=True)
+class DiagnosticsSettings:
+    """Low-rank diagnostics: RSVD error against its bound, rho, projection drift (Figures 5, 6).
+
+    One fine-tune (``method`` on ``task``) with the spectrum, low-rank, drift and RSVD
+    error recorders attached, plus the synthetic-matrix study of the bound.
+    """
+
+    model: str
+    task: str = "stsb"
+    method: str = "mlorc-adamw"
+    batch_size: int = 16
+    learning_rate: float = 1e-4
+    steps: int = 300
+    max_length: int = 128
+    max_train_examples: int | None = None
+    # Regular expression on parameter names that narrows the recorded matrices (None:
+    # every matrix the model's patterns select).
+    matrix_filter: str | None = None
+    rank: int = 4
+    oversampling: int = 0
+    # Spectra, rho and drift every ``record_every`` steps; the RSVD error sweep (K
+    # draws x 4 oversamplings x 2 power iterations per matrix) every ``rsvd_every``.
+    record_every: int = 10
+    rsvd_every: int = 100
+    rsvd_draws: int = 20
+    # GaLore's projector update gap T.
+    refresh_every: int = 200
+    synthetic_shape: tuple[int, int] = (384, 1536)
+    synthetic_draws: int = 100
+    seed: int = 0
+
+    def replace(self, **changes) -> DiagnosticsSettings:
+        """Return a copy with some fields changed (for example the model)."""
+        return dataclasses.replace(self, **changes)
+
+
+def get_diagnostics_settings(name: str) -> DiagnosticsSettings:
+    """Return the diagnostics settings of profile ``name``."""
+    if name == "smoke":
+        return DiagnosticsSettings(
+            model=CPU_ENCODER,
+            batch_size=8,
+            steps=4,
+            max_length=64,
+            max_train_examples=64,
+            # The four 384 x 384 attention matrices of the first layer keep the exact
+            # SVDs to seconds.
+            matrix_filter=r"\.layer\.0\.attention\.",
+            record_every=2,
+            rsvd_every=4,
+            rsvd_draws=3,
+            refresh_every=3,
+            synthetic_shape=(48, 64),
+            synthetic_draws=10,
+        )
+    if name == "cpu":
+        # 300 steps at batch 16 is most of one STS-B epoch (360 steps). T = 50 instead
+        # of GaLore's 200 so that the run shows five refreshes.
+        return DiagnosticsSettings(model=CPU_ENCODER, steps=300, record_every=10, rsvd_every=100, refresh_every=50)
+    if name == "paper":
+        # roberta-base, the encoder of the MLorc paper's GLUE experiments, and T = 200,
+        # the default update_proj_gap of galore_torch 1.0.
+        return DiagnosticsSettings(
+            model="FacebookAI/roberta-base",
+            batch_size=32,
+            steps=2000,
+            record_every=10,
+            rsvd_every=200,
+            rsvd_draws=50,
+            refresh_every=200,
+            synthetic_shape=(768, 3072),
+            synthetic_draws=200,
+        )
+    raise ValueError(f"Unknown profile {name!r}; choose one of {', '.join(PROFILE_NAMES)}")
