@@ -230,9 +230,10 @@ def _lora(model: torch.nn.Module, options: MethodOptions) -> tuple[torch.nn.Modu
 def _lora_full(model: torch.nn.Module, options: MethodOptions) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     peft_model = _lora_model(model, options)
     for name, param in peft_model.named_parameters():
-        # Frozen stay only the adapted base weights (".base_layer.") and peft's
-        # untrained original of each modules_to_save head (".original_module.").
-        frozen = ".base_layer." in name or ".original_module." in name
+        # Frozen stay only the adapted base weights (their biases train, as LoRA
+        # adapts the weight alone) and peft's untrained original of each
+        # modules_to_save head.
+        frozen = name.endswith(".base_layer.weight") or ".original_module." in name
         param.requires_grad_(not frozen)
     return peft_model, _lora_adamw(peft_model, options)
 

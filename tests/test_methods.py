@@ -42,7 +42,7 @@ def encoder_case(data_dir):
 def causal_case(data_dir):
     model, tokenizer = load_causal_lm("smollm2-135m")
     examples = load_gsm8k("train", data_dir, max_examples=2)
-    batch = InstructCollator(tokenizer.pad_token_id)(encode_instruct(examples, tokenizer, max_length=48))
+    batch = InstructCollator(tokenizer.pad_token_id)(encode_instruct(examples, tokenizer, max_length=96))
     return model, batch
 
 
