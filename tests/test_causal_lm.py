@@ -16,7 +16,10 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_math_run_every_method(method, tmp_path, data_dir):
+    # GSM8K generation runs for one method only, to keep the file fast.
     settings = get_profile("smoke").causal_lm
+    if method != "mlorc-adamw":
+        settings = settings.replace(gsm8k_test_examples=0)
     run_dir = run_causal_lm("math", method, settings, tmp_path, data_dir=data_dir, progress=False)
     train = read_records(run_dir, "train")
     assert list(train["step"]) == [1, 2]
@@ -29,8 +32,9 @@ def test_math_run_every_method(method, tmp_path, data_dir):
     evaluation = metadata["eval"]
     assert math.isfinite(evaluation["heldout_loss"])
     assert evaluation["heldout_examples"] == 2
-    assert evaluation["gsm8k_examples"] == 2
-    assert 0.0 <= evaluation["gsm8k_accuracy"] <= 1.0
+    if method == "mlorc-adamw":
+        assert evaluation["gsm8k_examples"] == 2
+        assert evaluation["gsm8k_accuracy"] in (0.0, 0.5, 1.0)
 
 
 def test_code_run_with_humaneval(tmp_path, data_dir):
@@ -102,8 +106,8 @@ def test_instruction_data_sources(data_dir):
 
 
 def test_bad_micro_batch_rejected(tmp_path, data_dir):
-    settings = get_profile("smoke").causal_lm.replace(micro_batch_size=3)
-    with pytest.raises(ValueError, match="micro_batch_size=3 must be a positive divisor of batch_size=2"):
+    settings = get_profile("smoke").causal_lm.replace(micro_batch_size=2)
+    with pytest.raises(ValueError, match="micro_batch_size=2 must be a positive divisor of batch_size=1"):
         run_causal_lm("math", "full-adamw", settings, tmp_path, data_dir=data_dir, progress=False)
 
 

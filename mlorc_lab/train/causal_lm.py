@@ -192,7 +192,9 @@ def run_causal_lm(
     if settings.gradient_checkpointing:
         # Non-reentrant checkpointing also works when the inputs need no gradient,
         # as with LoRA's frozen embeddings.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers 5.25 renamed gradient_checkpointing_enable to activation_checkpointing_enable.
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable({"use_reentrant": False})
         model.config.use_cache = False
     model, optimizer = build_method(method, model, options)
 
@@ -285,7 +287,8 @@ def _evaluate(
     progress: bool,
 ) -> dict[str, float]:
     if settings.gradient_checkpointing:
-        model.gradient_checkpointing_disable()
+        disable = getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
+        disable()
     model.config.use_cache = True
     metrics: dict[str, float] = {}
     if heldout_examples:
