@@ -100,8 +100,8 @@ class MethodOptions:
         Steps between GaLore's projection updates (T). The MLorc paper uses 300 for
         the causal LM and 50 on GLUE.
     galore_scale : float, default 0.25
-        Factor on GaLore's projected-back update (alpha in the GaLore paper); 0.25 is
-        the value of the GaLore authors' README commands.
+        Factor on GaLore's projected-back update (alpha in the GaLore paper).
+        galore_torch's projector defaults to 1.0, so pass it explicitly.
     """
 
     learning_rate: float

@@ -204,8 +204,8 @@ def _same_rates(methods: tuple[str, ...], rates: dict[str, float], groups: tuple
 _ALL_METHODS = ADAMW_METHODS + ("lora-full",) + LION_METHODS
 
 # cpu learning rates: chosen once for SmolLM2-135M and MiniLM, not tuned. LoRA gets 10x
-# the full rate (its usual ratio), GaLore 2x (its scale 0.25 shrinks the projected
-# updates), Lion a tenth (Chen et al. 2023 advise 3-10x below AdamW).
+# the full rate, GaLore 2x because its scale 0.25 shrinks the projected updates, and
+# Lion a tenth, since its signed update moves every entry by the full rate.
 _CPU_CAUSAL_RATES = _same_rates(
     _ALL_METHODS,
     {
@@ -365,9 +365,8 @@ def _paper() -> Profile:
             humaneval_problems=164,
             max_new_tokens=512,
         ),
-        # NOTE: the model, batch size, epochs and sequence length of the GLUE comparison
-        # follow GaLore's RoBERTa-base GLUE set-up, which the MLorc authors' GLUE
-        # script is adapted from; they are not checked against the MLorc paper.
+        # NOTE: unverified. The model, batch size, epochs and sequence length of the
+        # GLUE comparison are not checked against the MLorc paper.
         glue_comparison=GlueComparisonSettings(
             model="FacebookAI/roberta-base",
             learning_rates=_PAPER_GLUE_RATES,
