@@ -240,7 +240,7 @@ def _smoke() -> Profile:
             max_length=64,
             max_train_examples=64,
             max_eval_examples=32,
-            record_every=2,
+            record_every=4,
         ),
         causal_lm=CausalLMSettings(
             model=CPU_CAUSAL_LM,

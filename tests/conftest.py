@@ -1,4 +1,4 @@
-"""Shared fixtures: the local data folder."""
+"""Shared fixtures: the local data folder, and the import path of notebook kernels."""
 
 from __future__ import annotations
 
@@ -10,6 +10,10 @@ import pytest
 from mlorc_lab.data.paths import DATA_DIR_ENV
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+# Notebook kernels started by papermill are separate processes: put this checkout
+# first on their path, so they import the package under test rather than another copy.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,1 @@
+"""Figure and table functions that draw from record DataFrames."""

@@ -33,7 +33,10 @@ def adamw_update(
     full-rank run matches it to rounding. For half-precision parameters the update is
     computed in fp32 and rounded once when written back.
     """
-    work = param if param.dtype == exp_avg.dtype else param.to(exp_avg.dtype)
+    # fp64 state steps fp64 weights in fp64, and fp32 state steps half-precision
+    # weights in fp32, so the weights are rounded only once, when written back.
+    work_dtype = torch.promote_types(param.dtype, exp_avg.dtype)
+    work = param if param.dtype == work_dtype else param.to(work_dtype)
     work.mul_(1.0 - lr * weight_decay)
     bias_correction1, bias_correction2_sqrt = bias_corrections(step, beta1, beta2)
     denominator = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
@@ -169,27 +172,20 @@ class MLorcAdamW(MLorcOptimizer):
         work = compute_dtype_for(factors.U.dtype)
         return rebuild_moment(factors, work).reshape(param.shape)
 
-    def _update_parameter(self, group: dict[str, Any], param: torch.Tensor) -> None:
-        state = self.state[param]
-        if "step" not in state:
-            self._init_state(group, param)
-        state["step"] += 1
-        step = state["step"]
+    @staticmethod
+    def _options(group: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
         beta1, beta2 = group["betas"]
-        options = dict(
-            step=step,
+        return dict(
+            step=state["step"],
             lr=group["lr"],
             beta1=beta1,
             beta2=beta2,
             eps=group["eps"],
             weight_decay=group["weight_decay"],
         )
-        if "exp_avg" in state:
-            self._update_dense(state, param, options)
-        else:
-            self._update_compressed(group, state, param, options)
 
-    def _update_dense(self, state: dict[str, Any], param: torch.Tensor, options: dict[str, Any]) -> None:
+    def _update_dense(self, group: dict[str, Any], state: dict[str, Any], param: torch.Tensor) -> None:
+        options = self._options(group, state)
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
         work = compute_dtype_for(exp_avg.dtype)
         grad = param.grad.to(work)
@@ -202,9 +198,8 @@ class MLorcAdamW(MLorcOptimizer):
             exp_avg.copy_(m)
             exp_avg_sq.copy_(v)
 
-    def _update_compressed(
-        self, group: dict[str, Any], state: dict[str, Any], param: torch.Tensor, options: dict[str, Any]
-    ) -> None:
+    def _update_compressed(self, group: dict[str, Any], state: dict[str, Any], param: torch.Tensor) -> None:
+        options = self._options(group, state)
         storage = state["exp_avg_U"].dtype
         # NOTE: the arithmetic runs in fp32 (fp64 for fp64 state) even when the
         # factors are stored in bf16 or fp16, so storage only rounds the factors.

@@ -8,8 +8,9 @@ validates options, assigns every parameter a stable index and its own seeded
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -46,9 +47,11 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
 class MLorcOptimizer(Optimizer):
     """Base class of :class:`MLorcAdamW` and :class:`MLorcLion`.
 
-    Subclasses define ``_moment_names`` (the state keys of the moments, each stored as
-    factors ``<name>_U``, ``<name>_S``, ``<name>_V`` or densely as ``<name>``) and
-    implement ``_validate_group`` additions and ``_update_parameter``.
+    Subclasses define ``_moment_names``, the state keys of the moments. Each moment is
+    stored as factors ``<name>_U``, ``<name>_S``, ``<name>_V`` or densely as ``<name>``.
+    Subclasses also add to ``_validate_group`` and implement ``_update_dense`` and
+    ``_update_compressed``, while this class creates the state, counts steps and checks
+    gradients.
     """
 
     _moment_names: tuple[str, ...] = ()
@@ -58,12 +61,15 @@ class MLorcOptimizer(Optimizer):
         self.seed = seed
         self._param_index: dict[torch.Tensor, int] = {}
         self._generators: dict[torch.Tensor, torch.Generator] = {}
+        # Parameter -> its group, rebuilt when groups are added or replaced by loading.
+        self._group_cache: dict[torch.Tensor, dict[str, Any]] = {}
         super().__init__(params, defaults)
 
     # ------------------------------------------------------------------ options
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
+        self._group_cache.clear()
         group = self.param_groups[-1]
         self._validate_group(group)
         for param in group["params"]:
@@ -88,8 +94,31 @@ class MLorcOptimizer(Optimizer):
                 f"Invalid state_dtype: {group['state_dtype']!r}; use None or one of {sorted(STATE_DTYPES)}"
             )
         for param in group["params"]:
+            self._check_parameter(param)
             # Checked here so that a bad forced rank fails at construction, not at step 1.
             should_compress(param.shape, group["rank"], group["compress"])
+
+    def _check_parameter(self, param: torch.Tensor) -> None:
+        """Reject at construction the parameters no update rule here can handle."""
+        if _is_dtensor(param):
+            raise TypeError(
+                f"{type(self).__name__} does not support DTensor parameters "
+                f"(parameter of shape {tuple(param.shape)}, placements {param.placements}): "
+                "FSDP2 (fully_shard) shards every matrix across ranks, and the randomized SVD "
+                "needs the whole moment. Use DistributedDataParallel, or give each rank the full "
+                "parameters."
+            )
+        if param.is_complex():
+            raise TypeError(
+                f"{type(self).__name__} does not support complex parameters "
+                f"(shape {tuple(param.shape)}, dtype {param.dtype}); register the real view "
+                "torch.view_as_real(param) as the parameter instead"
+            )
+        if not param.is_floating_point():
+            raise TypeError(
+                f"{type(self).__name__} expects floating-point parameters, got dtype {param.dtype} "
+                f"for a parameter of shape {tuple(param.shape)}"
+            )
 
     # ------------------------------------------------------------ per parameter
 
@@ -211,11 +240,90 @@ class MLorcOptimizer(Optimizer):
         pairs = self._parameters_with_gradients()
         self._check_finite([param for _, param in pairs])
         for group, param in pairs:
-            self._update_parameter(group, param)
+            with _autocast_disabled(param.device.type):
+                self._update_parameter(group, param)
         return loss
 
+    @torch.no_grad()
+    def step_parameter(self, param: torch.Tensor) -> None:
+        """Step one parameter alone with its current gradient (the per-layer mode).
+
+        The gradient checks of :meth:`step` apply to this parameter only, so a
+        non-finite gradient leaves this parameter and its state untouched, while
+        parameters stepped before it keep their update.
+
+        Raises
+        ------
+        ValueError
+            When ``param`` is not in any parameter group or has no gradient.
+        """
+        group = self._group_of(param)
+        if param.grad is None:
+            raise ValueError(f"{self.parameter_name(param)} has no gradient to step with")
+        self._check_gradient(param)
+        self._check_finite([param])
+        with _autocast_disabled(param.device.type):
+            self._update_parameter(group, param)
+
+    def _group_of(self, param: torch.Tensor) -> dict[str, Any]:
+        if not self._group_cache:
+            self._group_cache = {candidate: group for group in self.param_groups for candidate in group["params"]}
+        group = self._group_cache.get(param)
+        if group is not None:
+            return group
+        raise ValueError(
+            f"The parameter of shape {tuple(param.shape)} is not in any parameter group of this "
+            f"{type(self).__name__}; pass it to the optimizer first"
+        )
+
     def _update_parameter(self, group: dict[str, Any], param: torch.Tensor) -> None:
+        """Create the state on first use, count the step and apply the update rule."""
+        state = self.state[param]
+        if "step" not in state:
+            self._init_state(group, param)
+        state["step"] += 1
+        if self._moment_names[0] in state:
+            self._update_dense(group, state, param)
+        else:
+            self._update_compressed(group, state, param)
+
+    def _update_dense(self, group: dict[str, Any], state: dict[str, Any], param: torch.Tensor) -> None:
         raise NotImplementedError
+
+    def _update_compressed(self, group: dict[str, Any], state: dict[str, Any], param: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------- memory
+
+    def state_bytes(self) -> dict[str | int, dict[str, int]]:
+        """Return, per parameter, the bytes its moments take as factors and as dense state.
+
+        Keys are the names given with ``named_parameters()``, else the parameter's index
+        in the order the parameter groups list them. Each value is ``{"compressed": int,
+        "dense": int}``: the bytes of the factor tensors ``<moment>_U``, ``_S``, ``_V``
+        and of the dense moment tensors. A parameter with factors has 0 dense bytes and
+        the other way round, and a parameter not yet stepped has 0 for both.
+
+        Only moments are counted: the ``step`` counter, the generator state
+        ``rng_state`` (5056 bytes for a CPU generator, 16 for a CUDA one) and the 0-d
+        ``negative_v_fraction`` and ``negative_v_fill`` are left out.
+        """
+        report: dict[str | int, dict[str, int]] = {}
+        for group in self.param_groups:
+            names = group.get("param_names")
+            for position, param in enumerate(group["params"]):
+                key = names[position] if names is not None else self._param_index[param]
+                state = self.state.get(param, {})
+                compressed = 0
+                dense = 0
+                for name in self._moment_names:
+                    if name in state:
+                        dense += _tensor_bytes(state[name])
+                    for suffix in ("_U", "_S", "_V"):
+                        if name + suffix in state:
+                            compressed += _tensor_bytes(state[name + suffix])
+                report[key] = {"compressed": compressed, "dense": dense}
+        return report
 
     # --------------------------------------------------------------- state dict
 
@@ -230,26 +338,27 @@ class MLorcOptimizer(Optimizer):
         return super().state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state dict, keeping the saved dtypes of factors and generator states.
+        """Load a state dict, keeping the saved dtypes and values of every state tensor.
 
         ``torch.optim.Optimizer.load_state_dict`` casts every floating-point state
-        tensor to its parameter's dtype, which would turn fp32 factors of a bf16
-        parameter into bf16 and corrupt the uint8 generator states; the saved dtypes
-        are restored afterwards. Group options missing from an older state dict are
-        filled in from this optimizer's defaults.
+        tensor to its parameter's dtype, which would round fp32 factors of a bf16
+        parameter to bf16 and corrupt the uint8 generator states. The saved tensors are
+        therefore copied in afterwards, moved only to the parameter's device (generator
+        states stay on the CPU, where ``Generator.set_state`` wants them). Group options
+        missing from an older state dict are filled in from this optimizer's defaults.
         """
-        saved_dtypes = {
-            index: {key: value.dtype for key, value in param_state.items() if isinstance(value, torch.Tensor)}
+        saved_tensors = {
+            index: {key: value for key, value in param_state.items() if isinstance(value, torch.Tensor)}
             for index, param_state in state_dict["state"].items()
         }
         super().load_state_dict(state_dict)
         saved_ids = [index for group in state_dict["param_groups"] for index in group["params"]]
         params = [param for group in self.param_groups for param in group["params"]]
         for index, param in zip(saved_ids, params):
-            for key, dtype in saved_dtypes.get(index, {}).items():
-                value = self.state[param][key]
+            for key, value in saved_tensors.get(index, {}).items():
                 device = "cpu" if key == _RNG_STATE_KEY else param.device
-                self.state[param][key] = value.to(device=device, dtype=dtype)
+                self.state[param][key] = value.to(device=device, copy=True)
+        self._group_cache.clear()
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
@@ -257,9 +366,33 @@ class MLorcOptimizer(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self._group_cache = {}
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
+def _is_dtensor(param: torch.Tensor) -> bool:
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(param, DTensor)
+
+
+@contextlib.contextmanager
+def _autocast_disabled(device_type: str) -> Iterator[None]:
+    """Run the update outside autocast, which would turn the randomized SVD's products
+    into bf16 or fp16 when ``optimizer.step()`` is called inside an autocast region."""
+    if torch.amp.is_autocast_available(device_type):
+        with torch.autocast(device_type=device_type, enabled=False):
+            yield
+    else:
+        yield
 
 
 def bias_corrections(step: int, beta1: float, beta2: float) -> tuple[float, float]:
