@@ -167,7 +167,15 @@ class CostSettings:
     """
 
     model: str
-    methods: tuple[str, ...] = ("full-adamw", "mlorc-adamw", "mlorc-adamw-per-layer", "lora", "galore", "full-lion", "mlorc-lion")
+    methods: tuple[str, ...] = (
+        "full-adamw",
+        "mlorc-adamw",
+        "mlorc-adamw-per-layer",
+        "lora",
+        "galore",
+        "full-lion",
+        "mlorc-lion",
+    )
     dataset: str = "math"
     dtype: str = "float32"
     device: str = "auto"
@@ -266,7 +274,15 @@ def _smoke() -> Profile:
             max_train_examples=32,
             max_eval_examples=16,
         ),
-        cost=CostSettings(model=CPU_CAUSAL_LM, batch_size=1, max_length=32, steps=2),
+        # Three methods cover the three code paths of the cost measurement (dense state,
+        # per-layer hooks, GaLore's projector) in about a minute.
+        cost=CostSettings(
+            model=CPU_CAUSAL_LM,
+            methods=("full-adamw", "mlorc-adamw-per-layer", "galore"),
+            batch_size=1,
+            max_length=128,
+            steps=2,
+        ),
     )
 
 

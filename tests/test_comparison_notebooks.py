@@ -1,55 +1,41 @@
-"""Run the comparison notebooks with papermill at the smoke profile and check their files."""
+"""The comparison notebooks executed by papermill at the smoke profile."""
 
 from __future__ import annotations
 
-import os
-import pathlib
-
+import nbformat
 import pytest
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+from mlorc_lab.notebooks import NOTEBOOKS, run_notebooks
+from tests.conftest import REPO_ROOT
 
-# Notebook -> files it must write under figures_dir.
-EXPECTED = {
-    "fig2_adamw_loss.ipynb": ("fig2_adamw_loss.png", "fig2_adamw_loss.pdf", "fig2_adamw_loss_final.csv"),
-    "fig3_lion_loss.ipynb": ("fig3_lion_loss.png", "fig3_lion_loss.pdf", "fig3_lion_loss_final.md"),
-    "table_glue.ipynb": ("table4_glue.csv", "table4_glue.md"),
-    "table_cost.ipynb": ("table_cost.csv", "table_cost.md"),
-}
+COMPARISON = ("fig2", "fig3", "table4", "cost")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("notebook", sorted(EXPECTED))
-def test_notebook_smoke(notebook, tmp_path, data_dir, monkeypatch):
-    import papermill
-
-    # The kernel is a separate process: put this checkout first on its import path.
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
+@pytest.mark.parametrize("name", COMPARISON)
+def test_notebook_smoke(name, tmp_path, data_dir):
     figures_dir = tmp_path / "figures"
-    papermill.execute_notebook(
-        str(NOTEBOOKS_DIR / notebook),
-        str(tmp_path / notebook),
-        parameters=dict(
-            profile="smoke", data_dir=str(data_dir), output_dir=str(tmp_path / "runs"), figures_dir=str(figures_dir)
-        ),
-        kernel_name="python3",
-        progress_bar=False,
-        cwd=str(NOTEBOOKS_DIR),
+    run_notebooks(
+        [name],
+        profile="smoke",
+        output_dir=tmp_path / "runs",
+        figures_dir=figures_dir,
+        data_dir=data_dir,
+        notebooks_dir=REPO_ROOT / "notebooks",
     )
-    for name in EXPECTED[notebook]:
-        path = figures_dir / name
-        assert path.is_file(), f"{notebook} did not write {name}"
-        assert path.stat().st_size > 100, f"{name} is nearly empty ({path.stat().st_size} bytes)"
+    for output in NOTEBOOKS[name].outputs:
+        path = figures_dir / output
+        assert path.is_file(), f"{name} did not write {output}"
+        # The smallest output, a two-row Markdown table, has about 150 bytes.
+        assert path.stat().st_size > 100, f"{output} is nearly empty ({path.stat().st_size} bytes)"
 
 
 def test_notebooks_have_parameters_cell():
-    import nbformat
-
-    for notebook in EXPECTED:
-        cells = nbformat.read(NOTEBOOKS_DIR / notebook, as_version=4).cells
-        code = [cell for cell in cells if cell.cell_type == "code"]
-        assert code[0].metadata.get("tags") == ["parameters"], notebook
-        for name in ('profile = "cpu"', "data_dir = None", 'output_dir = "runs"', 'figures_dir = "figures"'):
-            assert name in code[0].source, (notebook, name)
-        assert all(not cell.get("outputs") for cell in code), f"{notebook} has stored outputs"
+    for name in COMPARISON:
+        path = REPO_ROOT / "notebooks" / NOTEBOOKS[name].filename
+        code = [cell for cell in nbformat.read(path, as_version=4).cells if cell.cell_type == "code"]
+        assert code[0].metadata.get("tags") == ["parameters"], name
+        for line in ('profile = "cpu"', "data_dir = None", 'output_dir = "runs"', 'figures_dir = "figures"'):
+            assert line in code[0].source, (name, line)
+        for cell in code:
+            assert not cell.get("outputs"), f"{name} has stored outputs"

@@ -96,14 +96,21 @@ def measure_cost(method: str, settings: CostSettings, data_dir: str | os.PathLik
     base_method = method.removesuffix(PER_LAYER_SUFFIX)
     device = resolve_device(settings.device)
 
-    examples = load_instruction_data(settings.dataset, data_dir, settings.batch_size)
+    # Four candidates per row, because examples whose prompt fills max_length are dropped.
+    examples = load_instruction_data(settings.dataset, data_dir, 4 * settings.batch_size)
     model, tokenizer = load_causal_lm(settings.model, dtype=getattr(torch, settings.dtype), seed=settings.seed)
     model.to(device)
     if settings.gradient_checkpointing:
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable({"use_reentrant": False})
         model.config.use_cache = False
-    batch = InstructCollator(tokenizer.pad_token_id)(encode_instruct(examples, tokenizer, settings.max_length))
+    features = encode_instruct(examples, tokenizer, settings.max_length)[: settings.batch_size]
+    if len(features) < settings.batch_size:
+        raise ValueError(
+            f"Only {len(features)} of {len(examples)} examples fit max_length={settings.max_length}; "
+            f"raise max_length to fill a batch of {settings.batch_size}"
+        )
+    batch = InstructCollator(tokenizer.pad_token_id)(features)
     batch = {key: value.to(device) for key, value in batch.items()}
 
     if device.type == "cuda":
