@@ -2,11 +2,13 @@
 
 Peak memory is a process-wide high-water mark, so each method must run in a fresh
 process: :func:`measure_costs` starts ``python -m mlorc_lab.train.cost`` once per
-method and collects the JSON each writes. On a GPU the peak is
-``torch.cuda.max_memory_allocated`` (tensors only, after the model is loaded the
-counter is reset, so it is the training peak including the weights); on the CPU it is
-the peak resident set size from ``resource.getrusage``, which includes the Python
-interpreter and libraries, so compare differences between methods, not totals.
+method and collects the JSON each writes.
+
+On a GPU the peak is ``torch.cuda.max_memory_allocated``: tensors only, counted from
+a reset right after loading, so it is the training peak including the weights. On the
+CPU it is the peak resident set size from ``resource.getrusage``. That includes the
+Python interpreter and its libraries, so compare differences between methods rather
+than totals.
 """
 
 from __future__ import annotations
