@@ -30,7 +30,6 @@ classification every method, LoRA included, trains the classifier head.
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -239,11 +238,10 @@ def _lora_full(model: torch.nn.Module, options: MethodOptions) -> tuple[torch.nn
 
 
 def _galore(model: torch.nn.Module, options: MethodOptions) -> tuple[torch.nn.Module, Any]:
-    with warnings.catch_warnings():
-        # galore_torch imports bitsandbytes for its 8-bit optimizer, which warns on
-        # machines without a GPU; the fp32 GaLoreAdamW used here does not need it.
-        warnings.simplefilter("ignore")
-        from galore_torch import GaLoreAdamW
+    # galore_torch 1.0 imports bitsandbytes for its 8-bit optimizer. bitsandbytes 0.50
+    # logs a warning on a CPU-only machine that cannot fetch its CPU kernel, which is
+    # harmless here because the fp32 GaLoreAdamW does not use bitsandbytes.
+    from galore_torch import GaLoreAdamW
 
     projected_ids = set()
     modules = dict(model.named_modules())
