@@ -226,7 +226,19 @@ def run_causal_lm(
         device=str(device),
     )
     with RunWriter(run_dir, config, overwrite=True) as writer:
-        _train(model, optimizer, scheduler, train_loader, accumulation, total_steps, writer, device, progress, f"{dataset} {method}")
+        _train(
+            model,
+            optimizer,
+            scheduler,
+            train_loader,
+            accumulation,
+            total_steps,
+            writer,
+            device,
+            seed=settings.seed,
+            progress=progress,
+            description=f"{dataset} {method}",
+        )
         metrics = _evaluate(model, tokenizer, dataset, settings, heldout_examples, resolved_data, device, progress)
         writer.write(dict(kind="eval", step=total_steps, **metrics))
         writer.update_metadata(eval=metrics)
@@ -243,10 +255,12 @@ def _train(
     total_steps: int,
     writer: RunWriter,
     device: torch.device,
+    *,
+    seed: int,
     progress: bool,
     description: str,
 ) -> None:
-    torch.manual_seed(0)  # dropout masks, if the model has any
+    torch.manual_seed(seed)  # dropout masks (LoRA dropout), as the GLUE runner seeds them
     model.train()
     step = 0
     bar = tqdm(total=total_steps, desc=description, disable=not progress)

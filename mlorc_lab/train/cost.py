@@ -124,10 +124,11 @@ def measure_cost(method: str, settings: CostSettings, data_dir: str | os.PathLik
 
     options = MethodOptions(learning_rate=settings.learning_rate, rank=settings.rank, seed=settings.seed)
     model, optimizer = build_method(base_method, model, options)
+    updater = None
     if per_layer:
         from mlorc_lab.optim import PerLayerUpdater
 
-        PerLayerUpdater(optimizer, model)
+        updater = PerLayerUpdater(optimizer, model)
     model.train()
     durations, loss = [], None
     for _ in range(settings.steps):
@@ -140,6 +141,8 @@ def measure_cost(method: str, settings: CostSettings, data_dir: str | os.PathLik
             torch.cuda.synchronize(device)
         durations.append(time.perf_counter() - start)
 
+    if updater is not None:
+        updater.remove()
     if device.type == "cuda":
         peak, kind = torch.cuda.max_memory_allocated(device), "cuda_allocated"
     else:
