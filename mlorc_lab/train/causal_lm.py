@@ -155,7 +155,7 @@ def run_causal_lm(
     Returns
     -------
     Path
-        The run folder: ``metadata.json`` (``eval`` holds ``heldout_loss`` and, where
+        The run folder: ``metadata.json`` (``eval`` contains ``heldout_loss`` and, where
         the settings ask for them, ``gsm8k_accuracy`` or ``humaneval_pass_at_1``) and
         ``records.jsonl`` (one ``train`` record per optimizer step with ``loss``,
         ``lr`` and ``seconds``, then one ``eval`` record).
@@ -178,8 +178,8 @@ def run_causal_lm(
 
     options = method_options(settings, dataset, method)
     device = resolve_device(settings.device)
-    wanted = None if settings.max_train_examples is None else settings.max_train_examples + settings.heldout_examples
-    examples = load_instruction_data(dataset, resolved_data, wanted)
+    requested = None if settings.max_train_examples is None else settings.max_train_examples + settings.heldout_examples
+    examples = load_instruction_data(dataset, resolved_data, requested)
     train_count = len(examples) - settings.heldout_examples
     if train_count < 1:
         raise ValueError(
