@@ -37,6 +37,26 @@ NOTEBOOKS: dict[str, NotebookEntry] = {
         ("fig4_spectra_glue.png", "fig4_spectra_glue.pdf"),
         "Figure 4: the same on CoLA, MRPC, RTE and STS-B",
     ),
+    "fig2": NotebookEntry(
+        "fig2_adamw_loss.ipynb",
+        ("fig2_adamw_loss.png", "fig2_adamw_loss.pdf", "fig2_adamw_loss_final.csv", "fig2_adamw_loss_final.md"),
+        "Figure 2: training loss of Full AdamW, MLorc-AdamW, LoRA and GaLore on math and code",
+    ),
+    "fig3": NotebookEntry(
+        "fig3_lion_loss.ipynb",
+        ("fig3_lion_loss.png", "fig3_lion_loss.pdf", "fig3_lion_loss_final.csv", "fig3_lion_loss_final.md"),
+        "Figure 3: training loss of Full Lion and MLorc-Lion on math and code",
+    ),
+    "table4": NotebookEntry(
+        "table_glue.ipynb",
+        ("table4_glue.csv", "table4_glue.md"),
+        "Table 4: Full, MLorc, LoRA and GaLore on CoLA, MRPC, RTE and STS-B",
+    ),
+    "cost": NotebookEntry(
+        "table_cost.ipynb",
+        ("table_cost.csv", "table_cost.md"),
+        "Tables 2, 3 and 5: peak memory, time per step and optimizer state per method",
+    ),
     "fig5": NotebookEntry(
         "fig5_rsvd_bound.ipynb",
         ("fig5_rsvd_bound.png", "fig5_rsvd_bound.pdf"),

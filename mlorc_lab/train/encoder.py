@@ -81,6 +81,7 @@ def run_glue(
     record_spectra: bool = True,
     reuse: bool = True,
     progress: bool = True,
+    method_options: MethodOptions | None = None,
 ) -> Path:
     """Fine-tune an encoder on a GLUE task and write a run folder.
 
@@ -102,6 +103,9 @@ def run_glue(
     reuse : bool, default True
         Return an existing completed run with the same configuration instead of
         training again.
+    method_options : MethodOptions, optional
+        Options of the method (LoRA rank, GaLore gap, ...). None uses the registry
+        defaults with the learning rate, weight decay and seed of ``settings``.
 
     Returns
     -------
@@ -115,6 +119,8 @@ def run_glue(
     resolved_data = resolve_data_dir(data_dir)
     run_dir = Path(output_dir) / f"glue-{glue_task.name}-{method}"
     config = _run_config(glue_task.name, method, settings, resolved_data)
+    if method_options is not None:
+        config["method_options"] = dataclasses.asdict(method_options)
     if reuse and _completed_with(run_dir, config):
         logger.info("Reusing the completed run %s", run_dir)
         return run_dir
@@ -138,7 +144,7 @@ def run_glue(
     if settings.max_steps is not None:
         total_steps = min(total_steps, settings.max_steps)
 
-    options = MethodOptions(
+    options = method_options or MethodOptions(
         learning_rate=settings.learning_rate, weight_decay=settings.weight_decay, seed=settings.seed
     )
     model, optimizer = build_method(method, model, options)
