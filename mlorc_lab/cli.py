@@ -94,6 +94,9 @@ def _bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``mlorc-lab`` command."""
+    from mlorc_lab.methods import METHODS
+    from mlorc_lab.notebooks import NOTEBOOKS
+
     parser = argparse.ArgumentParser(prog="mlorc-lab", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -103,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     glue = train_kinds.add_parser("glue", help="fine-tune an encoder on a GLUE task, recording spectra")
     _add_common(glue)
     glue.add_argument("--task", required=True, help="cola, mrpc, rte or stsb")
-    glue.add_argument("--method", default="full-adamw", help="method of the registry (default: full-adamw)")
+    glue.add_argument(
+        "--method", default="full-adamw", help=f"one of {', '.join(sorted(METHODS))} (default: full-adamw)"
+    )
     glue.add_argument("--model", default=None, help="override the profile's model: hub id, local folder or short name")
     glue.add_argument("--max-steps", type=int, default=None, help="override the profile's cap on optimizer steps")
     glue.add_argument("--no-spectra", action="store_true", help="do not record gradient and moment spectra")
@@ -112,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     figures = commands.add_parser("figures", help="regenerate figures and tables by running the notebooks")
     _add_common(figures)
-    figures.add_argument("--only", default="all", help="comma-separated figure names, e.g. fig1,fig4 (default: all)")
+    figures.add_argument(
+        "--only", default="all", help=f"comma-separated names among {', '.join(NOTEBOOKS)} (default: all)"
+    )
     figures.add_argument("--figures-dir", default="figures", help="where figures and tables are written (default: figures)")
     figures.add_argument("--notebooks-dir", default="notebooks", help="folder of the source notebooks (default: notebooks)")
     figures.set_defaults(handler=_figures)

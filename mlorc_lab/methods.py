@@ -41,6 +41,7 @@ from mlorc_lab.optim import MLorcAdamW
 __all__ = [
     "LION_BETAS",
     "METHODS",
+    "check_method",
     "MethodOptions",
     "adapted_module_names",
     "build_method",
@@ -316,6 +317,11 @@ def build_method(method: str, model: torch.nn.Module, options: MethodOptions) ->
     LoRA methods wrap the model in a ``peft.PeftModel`` and freeze the base weights in
     place, so pass a model that is not shared with another run.
     """
+    check_method(method)
+    return METHODS[method](model, options)
+
+
+def check_method(method: str) -> None:
+    """Raise ``ValueError`` unless ``method`` is a key of :data:`METHODS`."""
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(sorted(METHODS))}")
-    return METHODS[method](model, options)

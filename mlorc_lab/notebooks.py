@@ -136,7 +136,7 @@ def run_notebooks(
         entry = NOTEBOOKS[name]
         source = source_dir / entry.filename
         if not source.is_file():
-            raise FileNotFoundError(f"Notebook not found: {source}; run from the repository root or pass notebooks_dir")
+            raise FileNotFoundError(f"Notebook not found: {source}; run from the repository root or pass --notebooks-dir (notebooks_dir)")
         target = executed_dir / entry.filename
         logger.info("Running %s (%s) at profile %s", source, entry.description, profile)
         papermill.execute_notebook(

@@ -75,3 +75,11 @@ def test_cli_rejects_data_folder_without_files(caplog, tmp_path):
     status = main(["train", "glue", "--task", "rte", "--profile", "smoke", "--data-dir", str(tmp_path), "--output-dir", str(tmp_path / "runs")])
     assert status == 2
     assert "RTE" in caplog.text and "train.tsv" in caplog.text
+
+
+def test_cli_rejects_unknown_method_before_loading(caplog, tmp_path):
+    # The data folder is empty: the method check must come first, or the error would
+    # name the missing GLUE files instead.
+    status = main(["train", "glue", "--task", "stsb", "--method", "adam", "--profile", "smoke", "--data-dir", str(tmp_path)])
+    assert status == 2
+    assert "Unknown method 'adam'; choose one of full-adamw" in caplog.text

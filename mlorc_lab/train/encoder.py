@@ -17,7 +17,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from mlorc_lab.data.glue import GlueCollator, encode_glue, get_glue_task, glue_metrics, load_glue_split
 from mlorc_lab.instrument.spectra import ENCODER_MATRIX_PATTERNS, SpectrumRecorder
-from mlorc_lab.methods import MethodOptions, build_method
+from mlorc_lab.methods import MethodOptions, build_method, check_method
 from mlorc_lab.models import load_encoder
 from mlorc_lab.profiles import GlueSpectraSettings
 from mlorc_lab.records import METADATA_FILE, RunWriter, read_metadata
@@ -116,6 +116,7 @@ def run_glue(
     from mlorc_lab.data.paths import resolve_data_dir
 
     glue_task = get_glue_task(task)
+    check_method(method)  # before the data and the model are loaded
     resolved_data = resolve_data_dir(data_dir)
     run_dir = Path(output_dir) / f"glue-{glue_task.name}-{method}"
     config = _run_config(glue_task.name, method, settings, resolved_data)
