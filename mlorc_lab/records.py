@@ -111,7 +111,7 @@ class RunWriter:
         records_path = self.run_dir / RECORDS_FILE
         if records_path.exists() and not overwrite:
             raise FileExistsError(
-                f"Run folder {self.run_dir} already holds records; choose another folder or pass overwrite=True"
+                f"Run folder {self.run_dir} already contains records; choose another folder or pass overwrite=True"
             )
         self.metadata = dict(metadata)
         self.metadata.update(

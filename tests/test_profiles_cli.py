@@ -74,7 +74,8 @@ def test_cli_rejects_unknown_task(caplog, tmp_path, data_dir):
 def test_cli_rejects_data_folder_without_files(caplog, tmp_path):
     status = main(["train", "glue", "--task", "rte", "--profile", "smoke", "--data-dir", str(tmp_path), "--output-dir", str(tmp_path / "runs")])
     assert status == 2
-    assert "RTE" in caplog.text and "train.tsv" in caplog.text
+    assert "RTE" in caplog.text
+    assert "train.tsv" in caplog.text
 
 
 def test_cli_rejects_unknown_method_before_loading(caplog, tmp_path):

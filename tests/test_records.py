@@ -55,7 +55,7 @@ def test_malformed_middle_line_raises(tmp_path):
 
 def test_existing_records_are_not_overwritten(tmp_path):
     RunWriter(tmp_path / "run", {}).close()
-    with pytest.raises(FileExistsError, match="already holds records"):
+    with pytest.raises(FileExistsError, match="already contains records"):
         RunWriter(tmp_path / "run", {})
 
 

@@ -140,7 +140,7 @@ class MLorcOptimizer(Optimizer):
         """Return the dtype that factors and dense moments of ``param`` are stored in.
 
         The default is fp32, or fp64 for fp64 parameters; half-precision parameters
-        keep fp32 state unless the group asks for ``state_dtype``.
+        keep fp32 state unless the group sets ``state_dtype``.
         """
         if group["state_dtype"] is not None:
             return STATE_DTYPES[group["state_dtype"]]
@@ -214,7 +214,7 @@ class MLorcOptimizer(Optimizer):
             )
 
     def _check_finite(self, params: list[torch.Tensor]) -> None:
-        """Raise before any update when a gradient holds inf or NaN.
+        """Raise before any update when a gradient contains inf or NaN.
 
         All gradients are checked first so that a bad one leaves every weight and every
         state untouched. ``torch.amp.GradScaler`` skips such steps itself, so this only
