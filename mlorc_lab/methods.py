@@ -177,19 +177,24 @@ def _full_adamw(model: torch.nn.Module, options: MethodOptions) -> tuple[torch.n
     return model, optimizer
 
 
-def _mlorc_adamw(model: torch.nn.Module, options: MethodOptions) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-    # The paper uses beta1 = 0.8 for MLorc-AdamW fine-tuning.
-    betas = options.betas or (0.8, 0.999)
-    optimizer = MLorcAdamW(
+def _mlorc_optimizer(
+    optimizer_class: type, model: torch.nn.Module, options: MethodOptions, default_betas: tuple[float, float]
+) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    optimizer = optimizer_class(
         model.named_parameters(),
         lr=options.learning_rate,
-        betas=betas,
+        betas=options.betas or default_betas,
         weight_decay=options.weight_decay,
         rank=options.rank,
         oversampling=options.oversampling,
         seed=options.seed,
     )
     return model, optimizer
+
+
+def _mlorc_adamw(model: torch.nn.Module, options: MethodOptions) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    # beta1 = 0.8 is the MLorc paper's setting (arXiv 2506.01897) for MLorc-AdamW fine-tuning.
+    return _mlorc_optimizer(MLorcAdamW, model, options, (0.8, 0.999))
 
 
 def _lora_model(model: torch.nn.Module, options: MethodOptions) -> torch.nn.Module:
@@ -287,17 +292,7 @@ def _full_lion(model: torch.nn.Module, options: MethodOptions) -> tuple[torch.nn
 def _mlorc_lion(model: torch.nn.Module, options: MethodOptions) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     from mlorc_lab.optim import MLorcLion
 
-    betas = options.betas or LION_BETAS
-    optimizer = MLorcLion(
-        model.named_parameters(),
-        lr=options.learning_rate,
-        betas=betas,
-        weight_decay=options.weight_decay,
-        rank=options.rank,
-        oversampling=options.oversampling,
-        seed=options.seed,
-    )
-    return model, optimizer
+    return _mlorc_optimizer(MLorcLion, model, options, LION_BETAS)
 
 
 METHODS: dict[str, Builder] = {

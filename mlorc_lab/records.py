@@ -1,6 +1,6 @@
 """Run folders: metadata plus append-only records, and readers that return DataFrames.
 
-A run folder holds
+A run folder contains
 
 - ``metadata.json``: model, task, method, hyperparameters, seed, package versions and
   the run's ``status`` ("running", "completed" or "failed"), rewritten atomically;
@@ -98,7 +98,7 @@ class RunWriter:
         JSON-serialisable description of the run. Package versions, the start time and
         ``status`` are added.
     overwrite : bool, default False
-        Replace the records of an existing run. Without it, a folder that already holds
+        Replace the records of an existing run. Without it, a folder that already contains
         records raises ``FileExistsError`` so no data is lost by accident.
 
     On leaving the ``with`` block the status becomes "completed", or "failed" with the

@@ -78,7 +78,7 @@ class StepRecorder:
         return matrix_type(name, self.patterns) if self.patterns else None
 
     def group_of(self, param: torch.Tensor) -> dict[str, Any]:
-        """Return the optimizer's parameter group that holds ``param``."""
+        """Return the optimizer's parameter group that contains ``param``."""
         for group in self.optimizer.param_groups:
             if any(candidate is param for candidate in group["params"]):
                 return group

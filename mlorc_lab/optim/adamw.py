@@ -27,12 +27,16 @@ def adamw_update(
     beta2: float,
     eps: float,
     weight_decay: float,
+    overwrite_second_moment: bool = False,
 ) -> None:
     """Step ``param`` in place with this step's full moments, as torch.optim.AdamW does.
 
     The order of operations mirrors ``torch.optim.AdamW``'s single-tensor path, so that a
     full-rank run matches it to rounding. For half-precision parameters the update is
-    computed in fp32 and rounded once when written back.
+    computed in fp32 and rounded once when written back. With
+    ``overwrite_second_moment=True`` the denominator is computed in ``exp_avg_sq``'s own
+    memory, which saves a full-size temporary; the fast path uses this after both
+    moments have been compressed.
     """
     # fp64 state steps fp64 weights in fp64, and fp32 state steps half-precision
     # weights in fp32, so the weights are rounded only once, when written back.
@@ -40,34 +44,10 @@ def adamw_update(
     work = param if param.dtype == work_dtype else param.to(work_dtype)
     work.mul_(1.0 - lr * weight_decay)
     bias_correction1, bias_correction2_sqrt = bias_corrections(step, beta1, beta2)
-    denominator = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-    work.addcdiv_(exp_avg, denominator, value=-lr / bias_correction1)
-    if work is not param:
-        param.copy_(work)
-
-
-def _adamw_update_in_place(
-    param: torch.Tensor,
-    exp_avg: torch.Tensor,
-    exp_avg_sq: torch.Tensor,
-    *,
-    step: int,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-) -> None:
-    """Do what :func:`adamw_update` does, turning ``exp_avg_sq`` into the denominator.
-
-    ``exp_avg_sq`` is overwritten, which saves the full-size temporary of the square
-    root; the fast path calls this after both moments have been compressed.
-    """
-    work_dtype = torch.promote_types(param.dtype, exp_avg.dtype)
-    work = param if param.dtype == work_dtype else param.to(work_dtype)
-    work.mul_(1.0 - lr * weight_decay)
-    bias_correction1, bias_correction2_sqrt = bias_corrections(step, beta1, beta2)
-    denominator = exp_avg_sq.sqrt_().div_(bias_correction2_sqrt).add_(eps)
+    if overwrite_second_moment:
+        denominator = exp_avg_sq.sqrt_().div_(bias_correction2_sqrt).add_(eps)
+    else:
+        denominator = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
     work.addcdiv_(exp_avg, denominator, value=-lr / bias_correction1)
     if work is not param:
         param.copy_(work)
@@ -310,7 +290,7 @@ class MLorcAdamW(MLorcOptimizer):
                 orthonormalisation=group["orthonormalisation"],
             )
             state[f"{name}_U"], state[f"{name}_S"], state[f"{name}_V"] = (t.to(storage) for t in factors)
-        _adamw_update_in_place(param, m.view(param.shape), v.view(param.shape), **options)
+        adamw_update(param, m.view(param.shape), v.view(param.shape), overwrite_second_moment=True, **options)
 
     @staticmethod
     def _factors(state: dict[str, Any], name: str) -> LowRankFactors:
