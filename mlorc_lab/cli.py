@@ -11,6 +11,9 @@ __all__ = ["build_parser", "main"]
 
 logger = logging.getLogger("mlorc_lab")
 
+# Third-party loggers whose warnings do not concern any run of this command.
+_QUIET_LOGGERS = ("bitsandbytes", "kernels")
+
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -26,22 +29,55 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _train_glue(args: argparse.Namespace) -> int:
-    from mlorc_lab.profiles import get_profile
-    from mlorc_lab.train.encoder import run_glue
+def _add_run_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="override the profile's model: hub id, local folder or short name")
+    parser.add_argument("--max-steps", type=int, default=None, help="override the profile's cap on optimizer steps")
+    parser.add_argument("--force", action="store_true", help="train again even if a completed run exists")
 
-    settings = get_profile(args.profile).glue_spectra
+
+def _with_overrides(settings, args: argparse.Namespace):
+    """Return ``settings`` with the ``--model`` and ``--max-steps`` given on the command line."""
     if args.model is not None:
         settings = settings.replace(model=args.model)
     if args.max_steps is not None:
         settings = settings.replace(max_steps=args.max_steps)
+    return settings
+
+
+def _train_glue(args: argparse.Namespace) -> int:
+    from mlorc_lab.profiles import get_profile
+    from mlorc_lab.train.encoder import run_glue
+
     run_dir = run_glue(
         args.task,
         args.method,
-        settings,
+        _with_overrides(get_profile(args.profile).glue_spectra, args),
         Path(args.output_dir) / args.profile,
         data_dir=args.data_dir,
         record_spectra=not args.no_spectra,
+        reuse=not args.force,
+    )
+    logger.info("Run folder: %s", run_dir)
+    return 0
+
+
+def _train_comparison(args: argparse.Namespace) -> int:
+    from mlorc_lab.profiles import get_profile
+    from mlorc_lab.train.causal_lm import run_causal_lm
+    from mlorc_lab.train.glue_comparison import run_glue_comparison
+
+    profile = get_profile(args.profile)
+    # The folders the Figure 2 and 3 and Table 4 notebooks read, so that they reuse the run.
+    if args.kind == "causal-lm":
+        run, subject, settings, folder = run_causal_lm, args.dataset, profile.causal_lm, "causal_lm"
+    else:
+        run, subject, settings, folder = run_glue_comparison, args.task, profile.glue_comparison, "glue_comparison"
+    run_dir = run(
+        subject,
+        args.method,
+        _with_overrides(settings, args),
+        Path(args.output_dir) / args.profile / folder,
+        data_dir=args.data_dir,
         reuse=not args.force,
     )
     logger.info("Run folder: %s", run_dir)
@@ -109,11 +145,27 @@ def build_parser() -> argparse.ArgumentParser:
     glue.add_argument(
         "--method", default="full-adamw", help=f"one of {', '.join(sorted(METHODS))} (default: full-adamw)"
     )
-    glue.add_argument("--model", default=None, help="override the profile's model: hub id, local folder or short name")
-    glue.add_argument("--max-steps", type=int, default=None, help="override the profile's cap on optimizer steps")
+    _add_run_overrides(glue)
     glue.add_argument("--no-spectra", action="store_true", help="do not record gradient and moment spectra")
-    glue.add_argument("--force", action="store_true", help="train again even if a completed run exists")
     glue.set_defaults(handler=_train_glue)
+
+    causal = train_kinds.add_parser(
+        "causal-lm", help="fine-tune the causal LM on math or code with one method (a run of Figures 2 and 3)"
+    )
+    _add_common(causal)
+    causal.add_argument("--dataset", required=True, help="math or code")
+    causal.add_argument("--method", required=True, help=f"one of {', '.join(sorted(METHODS))}")
+    _add_run_overrides(causal)
+    causal.set_defaults(handler=_train_comparison)
+
+    table = train_kinds.add_parser(
+        "glue-table", help="fine-tune the encoder on a GLUE task with one method (a cell of Table 4)"
+    )
+    _add_common(table)
+    table.add_argument("--task", required=True, help="cola, mrpc, rte or stsb")
+    table.add_argument("--method", required=True, help="full-adamw, mlorc-adamw, lora or galore")
+    _add_run_overrides(table)
+    table.set_defaults(handler=_train_comparison)
 
     figures = commands.add_parser("figures", help="regenerate figures and tables by running the notebooks")
     _add_common(figures)
@@ -146,6 +198,11 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        # peft and galore-torch import bitsandbytes, which warns on every import that
+        # its optional CPU kernels cannot be fetched offline; no method here uses them.
+        for name in _QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
     try:
         return args.handler(args)
     except (ValueError, TypeError, FileNotFoundError) as error:

@@ -248,11 +248,10 @@ def _cached_checkpoint(resolved: ResolvedModel, cache_root: pathlib.Path, seed: 
     name = pathlib.Path(resolved.gguf_file).stem
     target = cache_root / name
     signature = _gguf_signature(resolved)
-    marker = target / "source.json"
-    if marker.is_file():
-        if json.loads(marker.read_text(encoding="utf-8")) == signature:
-            logger.info("Using cached checkpoint %s", target)
-            return target
+    if _is_cached(target, signature):
+        logger.info("Using cached checkpoint %s", target)
+        return target
+    if (target / "source.json").is_file():
         logger.info("Cached checkpoint %s was made from another GGUF file; converting again", target)
 
     logger.info("Converting %s to an fp32 checkpoint in %s", signature["gguf_path"], target)
@@ -265,13 +264,33 @@ def _cached_checkpoint(resolved: ResolvedModel, cache_root: pathlib.Path, seed: 
         tokenizer.save_pretrained(staging)
         # source.json is written last: its presence marks a complete checkpoint.
         (staging / "source.json").write_text(json.dumps(signature, indent=2), encoding="utf-8")
+        # Another process (a parallel run) may have finished the same conversion
+        # meanwhile; its checkpoint is identical, and removing it could pull it away
+        # from under that process, so it is kept.
+        if _is_cached(target, signature):
+            shutil.rmtree(staging)
+            return target
         if target.exists():
             shutil.rmtree(target)
-        os.replace(staging, target)
+        try:
+            os.replace(staging, target)
+        except OSError:
+            if not _is_cached(target, signature):
+                raise
+            shutil.rmtree(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def _is_cached(target: pathlib.Path, signature: dict) -> bool:
+    """Return whether ``target`` holds a complete checkpoint made from ``signature``'s file."""
+    marker = target / "source.json"
+    try:
+        return json.loads(marker.read_text(encoding="utf-8")) == signature
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False
 
 
 def load_causal_lm(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import pathlib
+import shutil
 import sys
 import time
 
@@ -249,3 +250,26 @@ def test_smollm_gsm8k_loss(smollm_loads, data_dir):
     # A uniform guess over the vocabulary scores ln(49152) = 10.8 nats per token; the
     # pretrained model must do far better on a worked GSM8K answer.
     assert loss.item() < 0.5 * math.log(SMOLLM2_VOCAB)
+
+
+@pytest.mark.slow
+def test_conversion_keeps_a_checkpoint_finished_meanwhile(tmp_path, monkeypatch, smollm_loads):
+    # Two runs started together both convert; the one that finishes second must keep
+    # the first one's checkpoint (which the first run may be reading) and its own
+    # staging folder must go.
+    finished = smollm_loads["cache"] / "SmolLM2-135M-Instruct.Q4_1"
+    target = tmp_path / finished.name
+    convert = models._dequantized_gguf_model
+    copied = {}
+
+    def convert_while_another_finishes(resolved, seed):
+        model = convert(resolved, seed)
+        shutil.copytree(finished, target)
+        copied["weights"] = (target / "model.safetensors").stat().st_ino
+        return model
+
+    monkeypatch.setattr(models, "_dequantized_gguf_model", convert_while_another_finishes)
+    model, _ = load_causal_lm("smollm2-135m", cache_dir=tmp_path)
+    assert [path.name for path in tmp_path.iterdir()] == [finished.name]
+    assert (target / "model.safetensors").stat().st_ino == copied["weights"]
+    assert model.config.num_hidden_layers == 30

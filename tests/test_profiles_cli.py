@@ -84,3 +84,35 @@ def test_cli_rejects_unknown_method_before_loading(caplog, tmp_path):
     status = main(["train", "glue", "--task", "stsb", "--method", "adam", "--profile", "smoke", "--data-dir", str(tmp_path)])
     assert status == 2
     assert "Unknown method 'adam'; choose one of full-adamw" in caplog.text
+
+
+@pytest.mark.parametrize("kind, option", [("causal-lm", ["--dataset", "math"]), ("glue-table", ["--task", "rte"])])
+def test_cli_comparison_runs_reject_unknown_method(caplog, tmp_path, kind, option):
+    status = main(["train", kind, *option, "--method", "adam", "--profile", "smoke", "--data-dir", str(tmp_path)])
+    assert status == 2
+    assert "Unknown method 'adam'; choose one of full-adamw" in caplog.text
+
+
+@pytest.mark.slow
+def test_cli_glue_table_output_folder(tmp_path, data_dir):
+    args = ["train", "glue-table", "--task", "rte", "--method", "lora", "--profile", "smoke"]
+    args += ["--data-dir", str(data_dir), "--output-dir", str(tmp_path)]
+    assert main(args) == 0
+    run_dir = tmp_path / "smoke" / "glue_comparison" / "glue-rte-lora"
+    metadata = read_metadata(run_dir)
+    settings = get_profile("smoke").glue_comparison
+    assert metadata["settings"]["learning_rate"] == settings.learning_rates["rte"]["lora"]
+    assert list(read_records(run_dir, "train")["step"]) == list(range(1, settings.max_steps + 1))
+
+
+@pytest.mark.slow
+def test_cli_causal_lm_output_folder(tmp_path, data_dir):
+    args = ["train", "causal-lm", "--dataset", "code", "--method", "mlorc-lion", "--profile", "smoke"]
+    args += ["--data-dir", str(data_dir), "--output-dir", str(tmp_path), "--max-steps", "1"]
+    assert main(args) == 0
+    run_dir = tmp_path / "smoke" / "causal_lm" / "code-mlorc-lion"
+    metadata = read_metadata(run_dir)
+    assert metadata["settings"]["max_steps"] == 1
+    assert metadata["learning_rate"] == get_profile("smoke").causal_lm.learning_rate("code", "mlorc-lion")
+    assert list(read_records(run_dir, "train")["step"]) == [1]
+    assert 0.0 <= metadata["eval"]["humaneval_pass_at_1"] <= 1.0

@@ -32,7 +32,7 @@ from mlorc_lab.data import (
     load_metamathqa,
     resolve_data_dir,
 )
-from mlorc_lab.methods import MethodOptions, build_method
+from mlorc_lab.methods import MethodOptions, build_method, check_method
 from mlorc_lab.models import load_causal_lm
 from mlorc_lab.profiles import CAUSAL_DATASETS, CausalLMSettings
 from mlorc_lab.records import METADATA_FILE, RunWriter, read_metadata
@@ -162,6 +162,7 @@ def run_causal_lm(
     """
     if dataset not in CAUSAL_DATASETS:
         raise ValueError(f"Unknown dataset {dataset!r}; choose one of {', '.join(CAUSAL_DATASETS)}")
+    check_method(method)
     micro_batch, accumulation = _accumulation_steps(settings)
     resolved_data = resolve_data_dir(data_dir)
     run_dir = Path(output_dir) / f"{dataset}-{method}"

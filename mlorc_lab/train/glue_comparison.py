@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mlorc_lab.methods import MethodOptions
+from mlorc_lab.methods import MethodOptions, check_method
 from mlorc_lab.profiles import GlueComparisonSettings, GlueSpectraSettings
 from mlorc_lab.train.encoder import run_glue
 
@@ -14,6 +14,7 @@ __all__ = ["glue_method_options", "run_glue_comparison"]
 
 def glue_method_options(settings: GlueComparisonSettings, task: str, method: str) -> MethodOptions:
     """Return the registry options of ``method`` on ``task`` under ``settings``."""
+    check_method(method)
     rates = settings.learning_rates.get(task)
     if rates is None or method not in rates:
         raise ValueError(f"No learning rate for method {method!r} on task {task!r}; add it to learning_rates")
