@@ -31,7 +31,7 @@ METHODS = ("full-adamw", "mlorc-adamw", "lora", "galore")
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def build(method: str, model: torch.nn.Module, rank: int, learning_rate: float):
+def build(method: str, model: torch.nn.Module, rank: int, learning_rate: float, implementation: str = "fast"):
     """Return ``(model, optimizer, how)`` for ``method``; ``how`` names what built it.
 
     The method registry is used when it has the method. LoRA and GaLore fall back to a
@@ -43,7 +43,7 @@ def build(method: str, model: torch.nn.Module, rank: int, learning_rate: float):
     from mlorc_lab.methods import MethodOptions, build_method
 
     if method in REGISTRY:
-        options = MethodOptions(learning_rate=learning_rate, rank=rank)
+        options = MethodOptions(learning_rate=learning_rate, rank=rank, mlorc_implementation=implementation)
         model, optimizer = build_method(method, model, options)
         return model, optimizer, "mlorc_lab.methods.build_method"
     if method == "lora":
@@ -84,7 +84,7 @@ def measure(method: str, args: argparse.Namespace) -> dict:
     batches = [
         collate(features[start : start + args.batch_size]) for start in range(0, len(features), args.batch_size)
     ]
-    model, optimizer, how = build(method, model, args.rank, args.learning_rate)
+    model, optimizer, how = build(method, model, args.rank, args.learning_rate, args.implementation)
     model.train()
 
     tokens = 0
@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=6, help="timed steps (default: 6)")
     parser.add_argument("--rank", type=int, default=4, help="rank of MLorc, LoRA and GaLore (default: 4)")
     parser.add_argument("--learning-rate", type=float, default=1e-5, help="learning rate of every method")
+    parser.add_argument(
+        "--implementation", default="fast", help="MLorc implementation: fast, compiled or reference (default: fast)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the model's fresh weights (default: 0)")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
@@ -155,7 +158,10 @@ def main(argv: list[str] | None = None) -> int:
         results.append(json.loads(output.stdout.strip().splitlines()[-1]))
 
     baseline = next((row for row in results if row["method"] == "full-adamw"), None)
-    print(f"load average {os.getloadavg()}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(
+        f"load average {os.getloadavg()}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"MLorc implementation {args.implementation}"
+    )
     print(f"{'method':<12} {'tokens/s':>9} {'xFull':>6} {'peak RSS MiB':>12} {'trainable':>11} {'built by'}")
     for row in results:
         ratio = row["tokens_per_second"] / baseline["tokens_per_second"] if baseline else float("nan")

@@ -51,8 +51,10 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 RANK_FREE_CASES = ("adamw-foreach", "adamw-fused", "lion")
 RANKED_CASES = (
     "mlorc-adamw",
+    "mlorc-adamw-compiled",
     "mlorc-adamw-reference",
     "mlorc-lion",
+    "mlorc-lion-compiled",
     "mlorc-lion-reference",
     "galore-steady",
     "galore-refresh",
@@ -85,12 +87,10 @@ def build_optimizer(name: str, param: torch.nn.Parameter, rank: int | None) -> t
         from lion_pytorch import Lion
 
         return Lion([param], lr=1e-4)
-    if name in ("mlorc-adamw", "mlorc-adamw-reference"):
-        implementation = "reference" if name.endswith("reference") else "fast"
-        return MLorcAdamW([param], lr=1e-3, rank=rank, compress=True, implementation=implementation)
-    if name in ("mlorc-lion", "mlorc-lion-reference"):
-        implementation = "reference" if name.endswith("reference") else "fast"
-        return MLorcLion([param], lr=1e-4, rank=rank, compress=True, implementation=implementation)
+    if name.startswith("mlorc-adamw"):
+        return MLorcAdamW([param], lr=1e-3, rank=rank, compress=True, implementation=_implementation(name))
+    if name.startswith("mlorc-lion"):
+        return MLorcLion([param], lr=1e-4, rank=rank, compress=True, implementation=_implementation(name))
     if name in ("galore-steady", "galore-refresh"):
         from galore_torch import GaLoreAdamW
 
@@ -101,6 +101,12 @@ def build_optimizer(name: str, param: torch.nn.Parameter, rank: int | None) -> t
             [dict(params=[param], rank=rank, update_proj_gap=gap, scale=0.25, proj_type="std")], lr=1e-3
         )
     raise ValueError(f"Unknown case {name!r}; use one of {ALL_CASES}")
+
+
+def _implementation(name: str) -> str:
+    """Return the MLorc implementation a case name ends with ("fast" when none)."""
+    suffix = name.rsplit("-", 1)[1]
+    return suffix if suffix in ("reference", "compiled") else "fast"
 
 
 def analytic_state_bytes(name: str, shape: tuple[int, int], rank: int | None, element_size: int) -> int:

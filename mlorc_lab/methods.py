@@ -102,6 +102,8 @@ class MethodOptions:
     galore_scale : float, default 0.25
         Factor on GaLore's projected-back update (alpha in the GaLore paper).
         galore_torch's projector defaults to 1.0, so pass it explicitly.
+    mlorc_implementation : {"fast", "compiled", "reference"}, default "fast"
+        The ``implementation`` option of MLorcAdamW and MLorcLion.
     """
 
     learning_rate: float
@@ -115,6 +117,7 @@ class MethodOptions:
     lora_dropout: float = 0.0
     galore_update_gap: int = 300
     galore_scale: float = 0.25
+    mlorc_implementation: str = "fast"
 
 
 Builder = Callable[[torch.nn.Module, MethodOptions], tuple[torch.nn.Module, Any]]
@@ -187,6 +190,7 @@ def _mlorc_optimizer(
         weight_decay=options.weight_decay,
         rank=options.rank,
         oversampling=options.oversampling,
+        implementation=options.mlorc_implementation,
         seed=options.seed,
     )
     return model, optimizer

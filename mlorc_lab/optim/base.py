@@ -23,7 +23,7 @@ __all__ = ["IMPLEMENTATIONS", "MLorcOptimizer", "NonFiniteGradientError", "STATE
 
 # "fast" runs the update in place in reused buffers; "reference" is the plain
 # line-by-line transcription of the algorithm that the fast path is tested against.
-IMPLEMENTATIONS = ("fast", "reference")
+IMPLEMENTATIONS = ("fast", "compiled", "reference")
 
 # Storage dtypes a parameter group may ask for, by name: names (not torch.dtype
 # objects) keep param_groups plain strings and numbers in a checkpoint.
