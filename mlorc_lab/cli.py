@@ -205,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger(name).setLevel(logging.ERROR)
     try:
         return args.handler(args)
-    except (ValueError, TypeError, FileNotFoundError) as error:
+    except (ValueError, TypeError, OSError) as error:
+        # OSError covers missing files and an unreachable hub, whose messages name the fix.
         logger.error("%s", error)
         return 2
 

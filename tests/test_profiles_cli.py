@@ -116,3 +116,19 @@ def test_cli_causal_lm_output_folder(tmp_path, data_dir):
     assert metadata["learning_rate"] == get_profile("smoke").causal_lm.learning_rate("code", "mlorc-lion")
     assert list(read_records(run_dir, "train")["step"]) == [1]
     assert 0.0 <= metadata["eval"]["humaneval_pass_at_1"] <= 1.0
+
+
+@pytest.mark.slow
+def test_cli_offline_hub_exits_2(caplog, tmp_path, monkeypatch):
+    # With no data folder the loaders read the hub, which offline mode refuses at once.
+    monkeypatch.delenv("MLORC_LAB_DATA_DIR", raising=False)
+    # The libraries read the offline flags when imported, so set their copies too.
+    import datasets
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    status = main(["train", "glue-table", "--task", "rte", "--method", "lora", "--profile", "smoke", "--output-dir", str(tmp_path)])
+    assert status == 2
+    assert "set MLORC_LAB_DATA_DIR" in caplog.text
