@@ -120,7 +120,7 @@ def test_cli_causal_lm_output_folder(tmp_path, data_dir):
 
 @pytest.mark.slow
 def test_cli_offline_hub_exits_2(caplog, tmp_path, monkeypatch):
-    # With no data folder the loaders read the hub, which offline mode refuses at once.
+    # With no data folder the loaders read the hub, which offline mode rejects at once.
     monkeypatch.delenv("MLORC_LAB_DATA_DIR", raising=False)
     # The libraries read the offline flags when imported, so set their copies too.
     import datasets
