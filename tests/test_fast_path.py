@@ -226,6 +226,30 @@ def test_compiled_step_matches_reference_step(optimizer_class, dtype, weight_ato
                 )
 
 
+
+@pytest.mark.parametrize("optimizer_class", [MLorcAdamW, MLorcLion])
+def test_compiled_path_serves_many_shapes_and_rates(optimizer_class):
+    # Twelve shapes and a new learning rate every step: more variants than
+    # torch.compile's default limit of 8 recompilations, so each kernel must compile once.
+    shapes = [(8 + index, 12 + 3 * index) for index in range(12)]
+    generator = torch.Generator().manual_seed(0)
+    initial = [torch.randn(shape, generator=generator, dtype=torch.float64) for shape in shapes]
+    grads = [[torch.randn(shape, generator=generator, dtype=torch.float64) for shape in shapes] for _ in range(3)]
+    params = {}
+    for implementation in ("reference", "compiled"):
+        params[implementation] = [torch.nn.Parameter(value.clone()) for value in initial]
+        optimizer = optimizer_class(params[implementation], lr=1e-2, rank=2, implementation=implementation)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (1 + step))
+        for step_grads in grads:
+            for param, grad in zip(params[implementation], step_grads):
+                param.grad = grad.clone()
+            optimizer.step()
+            schedule.step()
+
+    for reference, compiled in zip(params["reference"], params["compiled"]):
+        torch.testing.assert_close(compiled, reference, rtol=0, atol=1e-10)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

@@ -310,7 +310,7 @@ class MLorcAdamW(MLorcOptimizer):
         if compiled:
             bias_correction1, bias_correction2_sqrt = bias_corrections(options["step"], beta1, beta2)
             adamw_weights_(
-                param,
+                param.detach(),
                 m.view(param.shape),
                 v.view(param.shape),
                 options["lr"],

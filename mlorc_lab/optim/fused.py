@@ -12,9 +12,10 @@ kernel. The rebuilds and the randomized SVD are the fast path's.
 The arithmetic is that of the reference path; only rounding differs, because a fused
 kernel may contract a product and a sum into one fused multiply-add. Each function is
 compiled on its first call (about 10 s on CPU; it needs a C++ compiler there) and again
-when the dtype changes or, once, when shapes start to vary. Hyperparameters are passed
-as Python floats, which ``torch.compile`` treats as inputs, so a learning-rate schedule
-does not recompile.
+for each new dtype. Shapes and the Python float hyperparameters are compiled as
+symbolic inputs, so neither the model's many matrix shapes nor a learning-rate
+schedule recompile. Parameters are passed detached: ``torch.compile`` would otherwise
+specialise on each parameter's shape.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def _compiled(function):
     def call(*args, **kwargs):
         nonlocal compiled
         if compiled is None:
-            compiled = torch.compile(function, fullgraph=True)
+            # Dynamic from the start: one graph serves every shape and hyperparameter value.
+            compiled = torch.compile(function, fullgraph=True, dynamic=True)
         return compiled(*args, **kwargs)
 
     return call

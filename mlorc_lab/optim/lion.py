@@ -260,7 +260,7 @@ class MLorcLion(MLorcOptimizer):
         else:
             rebuild_into(momentum, LowRankFactors(state["exp_avg_U"], state["exp_avg_S"], state["exp_avg_V"]))
         lion_step_(
-            param,
+            param.detach(),
             momentum.view(param.shape),
             grad.view(param.shape),
             options["lr"],
