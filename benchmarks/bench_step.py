@@ -9,7 +9,7 @@ and to dense Lion measured in the same rounds.
 Memory: on CUDA the peak of ``torch.cuda.max_memory_allocated`` over one step, minus
 what was allocated before it. On CPU, where torch allocations are invisible to
 tracemalloc, ``--memory`` starts a fresh Python process per case and reports the growth
-of its peak resident set size (``ru_maxrss``) over a few steps: optimizer state plus
+of its peak resident set size (``VmHWM`` on Linux) over a few steps: optimizer state plus
 the largest transient of a step, rounded to pages, and only trustworthy to a few MiB.
 The analytic state size is printed for every case.
 
@@ -245,7 +245,8 @@ def _rss_probe(shape: tuple[int, int], name: str, rank: int | None, dtype: str, 
     largest transient of a step.
     """
     code = (
-        "import json, resource, sys, torch\n"
+        "import json, sys, torch\n"
+        "from mlorc_lab.memory import peak_rss_bytes\n"
         "sys.path.insert(0, sys.argv[1])\n"
         "import bench_step\n"
         "shape, name, rank, dtype = json.loads(sys.argv[2])\n"
@@ -253,11 +254,11 @@ def _rss_probe(shape: tuple[int, int], name: str, rank: int | None, dtype: str, 
         "param.grad = torch.randn(shape).to(bench_step.DTYPES[dtype]) * 1e-2\n"
         "probe = torch.nn.Parameter(torch.zeros(8, 8)); probe.grad = torch.ones(8, 8)\n"
         "bench_step.build_optimizer(name, probe, min(rank or 4, 8)).step()\n"
-        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "before = peak_rss_bytes()\n"
         "optimizer = bench_step.build_optimizer(name, param, rank)\n"
         f"for _ in range({steps}): optimizer.step()\n"
-        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "print((after - before) * 1024)\n"
+        "after = peak_rss_bytes()\n"
+        "print(after - before)\n"
     )
     from pathlib import Path
 

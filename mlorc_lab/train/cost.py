@@ -6,7 +6,7 @@ method and collects the JSON each writes.
 
 On a GPU the peak is ``torch.cuda.max_memory_allocated``: tensors only, counted from
 a reset right after loading, so it is the training peak including the weights. On the
-CPU it is the peak resident set size from ``resource.getrusage``. That includes the
+CPU it is the peak resident set size (:func:`mlorc_lab.memory.peak_rss_bytes`). That includes the
 Python interpreter and its libraries, so compare differences between methods rather
 than totals.
 """
@@ -17,7 +17,6 @@ import argparse
 import json
 import logging
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from typing import Any
 import torch
 
 from mlorc_lab.data import InstructCollator, encode_instruct
+from mlorc_lab.memory import peak_rss_bytes
 from mlorc_lab.methods import MethodOptions, build_method
 from mlorc_lab.models import load_causal_lm
 from mlorc_lab.profiles import CostSettings, get_profile
@@ -67,12 +67,6 @@ def _tensor_bytes(value: Any) -> int:
     if isinstance(value, (list, tuple)):
         return sum(_tensor_bytes(item) for item in value)
     return 0
-
-
-def _peak_rss_bytes() -> int:
-    # ru_maxrss is in KiB on Linux (bytes on macOS).
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
 
 
 def measure_cost(method: str, settings: CostSettings, data_dir: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -120,7 +114,7 @@ def measure_cost(method: str, settings: CostSettings, data_dir: str | os.PathLik
         loaded = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
     else:
-        loaded = _peak_rss_bytes()
+        loaded = peak_rss_bytes()
 
     options = MethodOptions(learning_rate=settings.learning_rate, rank=settings.rank, seed=settings.seed)
     model, optimizer = build_method(base_method, model, options)
@@ -146,7 +140,7 @@ def measure_cost(method: str, settings: CostSettings, data_dir: str | os.PathLik
     if device.type == "cuda":
         peak, kind = torch.cuda.max_memory_allocated(device), "cuda_allocated"
     else:
-        peak, kind = _peak_rss_bytes(), "cpu_rss"
+        peak, kind = peak_rss_bytes(), "cpu_rss"
     return dict(
         method=method,
         device=str(device),
