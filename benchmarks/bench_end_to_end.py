@@ -31,7 +31,7 @@ TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"
 
 
 def build(method: str, model: torch.nn.Module, rank: int, learning_rate: float, implementation: str = "fast"):
-    """Return ``(model, optimizer, how)`` for ``method``; ``how`` names what built it.
+    """Return ``(model, optimizer, built_by)`` for ``method``; ``built_by`` names what built it.
 
     The method registry is used when it has the method. LoRA and GaLore fall back to a
     direct construction here (peft's LoRA on the projections with alpha = 2 r, and
@@ -84,7 +84,7 @@ def measure(method: str, args: argparse.Namespace) -> dict:
     batches = [
         collate(features[start : start + args.batch_size]) for start in range(0, len(features), args.batch_size)
     ]
-    model, optimizer, how = build(method, model, args.rank, args.learning_rate, args.implementation)
+    model, optimizer, built_by = build(method, model, args.rank, args.learning_rate, args.implementation)
     model.train()
 
     tokens = 0
@@ -102,7 +102,7 @@ def measure(method: str, args: argparse.Namespace) -> dict:
     trainable = sum(param.numel() for param in model.parameters() if param.requires_grad)
     return dict(
         method=method,
-        built_by=how,
+        built_by=built_by,
         tokens=tokens,
         seconds=elapsed,
         tokens_per_second=tokens / elapsed,

@@ -265,8 +265,7 @@ def _cached_checkpoint(resolved: ResolvedModel, cache_root: pathlib.Path, seed: 
         # source.json is written last: its presence marks a complete checkpoint.
         (staging / "source.json").write_text(json.dumps(signature, indent=2), encoding="utf-8")
         # Another process (a parallel run) may have finished the same conversion
-        # meanwhile; its checkpoint is identical, and removing it could pull it away
-        # from under that process, so it is kept.
+        # meanwhile. Its checkpoint is identical and that process may be reading it, so it is kept.
         if _is_cached(target, signature):
             shutil.rmtree(staging)
             return target
@@ -285,7 +284,7 @@ def _cached_checkpoint(resolved: ResolvedModel, cache_root: pathlib.Path, seed: 
 
 
 def _is_cached(target: pathlib.Path, signature: dict) -> bool:
-    """Return whether ``target`` holds a complete checkpoint made from ``signature``'s file."""
+    """Return whether ``target`` contains a complete checkpoint made from ``signature``'s file."""
     marker = target / "source.json"
     try:
         return json.loads(marker.read_text(encoding="utf-8")) == signature

@@ -188,7 +188,7 @@ def test_compiled_step_matches_reference_step(optimizer_class, dtype, weight_ato
     # is one step's arithmetic. Along a whole run the negative-v fix amplifies
     # rounding: an entry of the rebuilt v that lands on the other side of zero gets
     # the fill value in one path only. In fp32 that moved v by 6e-4 of its largest
-    # entry after 17 steps, so only a one-step comparison tells kernel errors apart.
+    # entry after 17 steps, so only a one-step comparison isolates kernel errors.
     # The moment tolerances are those of the fast path tests, whose randomized SVD
     # this path shares; the weights move by the kernels' rounding only.
     generator = torch.Generator().manual_seed(1)

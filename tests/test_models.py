@@ -254,9 +254,9 @@ def test_smollm_gsm8k_loss(smollm_loads, data_dir):
 
 @pytest.mark.slow
 def test_conversion_keeps_a_checkpoint_finished_meanwhile(tmp_path, monkeypatch, smollm_loads):
-    # Two runs started together both convert; the one that finishes second must keep
-    # the first one's checkpoint (which the first run may be reading) and its own
-    # staging folder must go.
+    # Two runs started together both convert. The one that finishes second must keep
+    # the first one's checkpoint, which the first run may be reading, and remove its
+    # own staging folder.
     finished = smollm_loads["cache"] / "SmolLM2-135M-Instruct.Q4_1"
     target = tmp_path / finished.name
     convert = models._dequantized_gguf_model

@@ -9,7 +9,7 @@ one reduction for the fill value of the negative-v fix, one pass that applies th
 and updates both moments, and one pass that steps the weights. MLorc-Lion needs one
 kernel. The rebuilds and the randomized SVD are the fast path's.
 
-The arithmetic is that of the reference path; only rounding differs, because a fused
+The arithmetic is that of the reference path. Only rounding differs, because a fused
 kernel may contract a product and a sum into one fused multiply-add. Each function is
 compiled on its first call (about 10 s on CPU; it needs a C++ compiler there) and again
 for each new dtype. Shapes and the Python float hyperparameters are compiled as

@@ -37,7 +37,14 @@ from mlorc_lab.models import load_causal_lm
 from mlorc_lab.profiles import CAUSAL_DATASETS, CausalLMSettings
 from mlorc_lab.records import METADATA_FILE, RunWriter, read_metadata
 
-__all__ = ["heldout_loss", "load_instruction_data", "method_options", "resolve_device", "run_causal_lm"]
+__all__ = [
+    "heldout_loss",
+    "load_instruction_data",
+    "load_training_model",
+    "method_options",
+    "resolve_device",
+    "run_causal_lm",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +90,26 @@ def method_options(settings: CausalLMSettings, dataset: str, method: str) -> Met
 
 
 @torch.no_grad()
+def load_training_model(
+    model_name: str, dtype: str, seed: int, device: torch.device, gradient_checkpointing: bool
+) -> tuple[torch.nn.Module, Any]:
+    """Load the causal LM and its tokenizer on ``device``, ready to train.
+
+    ``dtype`` is a torch dtype name such as "float32". With ``gradient_checkpointing``
+    the activations are recomputed in the backward pass and the KV cache is off.
+    """
+    model, tokenizer = load_causal_lm(model_name, dtype=getattr(torch, dtype), seed=seed)
+    model.to(device)
+    if gradient_checkpointing:
+        # Non-reentrant checkpointing also works when the inputs need no gradient,
+        # as with LoRA's frozen embeddings.
+        # transformers 5.25 renamed gradient_checkpointing_enable to activation_checkpointing_enable.
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable({"use_reentrant": False})
+        model.config.use_cache = False
+    return model, tokenizer
+
+
 def heldout_loss(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> float:
     """Return the mean cross-entropy per response token over the batches of ``loader``."""
     model.eval()
@@ -188,15 +215,9 @@ def run_causal_lm(
         )
     train_examples, heldout_examples = examples[:train_count], examples[train_count:]
 
-    model, tokenizer = load_causal_lm(settings.model, dtype=getattr(torch, settings.dtype), seed=settings.seed)
-    model.to(device)
-    if settings.gradient_checkpointing:
-        # Non-reentrant checkpointing also works when the inputs need no gradient,
-        # as with LoRA's frozen embeddings.
-        # transformers 5.25 renamed gradient_checkpointing_enable to activation_checkpointing_enable.
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable({"use_reentrant": False})
-        model.config.use_cache = False
+    model, tokenizer = load_training_model(
+        settings.model, settings.dtype, settings.seed, device, settings.gradient_checkpointing
+    )
     model, optimizer = build_method(method, model, options)
 
     max_length = settings.max_length[dataset]

@@ -30,7 +30,6 @@ import torch
 from mlorc_lab.data import InstructCollator, encode_instruct
 from mlorc_lab.memory import peak_rss_bytes
 from mlorc_lab.methods import MethodOptions, build_method
-from mlorc_lab.models import load_causal_lm
 from mlorc_lab.profiles import CostSettings, get_profile
 
 __all__ = ["PER_LAYER_SUFFIX", "measure_cost", "measure_costs", "optimizer_state_bytes"]
@@ -84,7 +83,7 @@ def measure_cost(method: str, settings: CostSettings, data_dir: str | os.PathLik
         ``loaded_memory_bytes`` (the same measure right after loading the model),
         ``optimizer_state_bytes``, ``trainable_parameters`` and ``final_loss``.
     """
-    from mlorc_lab.train.causal_lm import load_instruction_data, resolve_device
+    from mlorc_lab.train.causal_lm import load_instruction_data, load_training_model, resolve_device
 
     if settings.steps < 2:
         raise ValueError(f"steps must be at least 2 (the first step is not timed), got {settings.steps}")
@@ -94,12 +93,9 @@ def measure_cost(method: str, settings: CostSettings, data_dir: str | os.PathLik
 
     # Four candidates per row, because examples whose prompt fills max_length are dropped.
     examples = load_instruction_data(settings.dataset, data_dir, 4 * settings.batch_size)
-    model, tokenizer = load_causal_lm(settings.model, dtype=getattr(torch, settings.dtype), seed=settings.seed)
-    model.to(device)
-    if settings.gradient_checkpointing:
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable({"use_reentrant": False})
-        model.config.use_cache = False
+    model, tokenizer = load_training_model(
+        settings.model, settings.dtype, settings.seed, device, settings.gradient_checkpointing
+    )
     features = encode_instruct(examples, tokenizer, settings.max_length)[: settings.batch_size]
     if len(features) < settings.batch_size:
         raise ValueError(
