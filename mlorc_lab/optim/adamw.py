@@ -324,10 +324,6 @@ class MLorcAdamW(MLorcOptimizer):
             adamw_update(param, m.view(param.shape), v.view(param.shape), overwrite_second_moment=True, **options)
 
     @staticmethod
-    def _factors(state: dict[str, Any], name: str) -> LowRankFactors:
-        return LowRankFactors(state[f"{name}_U"], state[f"{name}_S"], state[f"{name}_V"])
-
-    @staticmethod
     def _rebuild(state: dict[str, Any], name: str, work: torch.dtype) -> torch.Tensor:
         factors = LowRankFactors(state[f"{name}_U"], state[f"{name}_S"], state[f"{name}_V"])
         return rebuild_moment(factors, work)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
+from mlorc_lab.linalg import LowRankFactors
 from mlorc_lab.optim.fast import ORTHONORMALISATIONS, Workspace
 from mlorc_lab.optim.layout import matrix_shape, should_compress
 
@@ -145,6 +146,11 @@ class MLorcOptimizer(Optimizer):
         if group["state_dtype"] is not None:
             return STATE_DTYPES[group["state_dtype"]]
         return torch.promote_types(param.dtype, torch.float32)
+
+    @staticmethod
+    def _factors(state: dict[str, Any], name: str) -> LowRankFactors:
+        """Return the stored factors of moment ``name`` from a parameter's state."""
+        return LowRankFactors(state[f"{name}_U"], state[f"{name}_S"], state[f"{name}_V"])
 
     def _generator(self, param: torch.Tensor) -> torch.Generator:
         """Return the parameter's generator, created on its device on first use.

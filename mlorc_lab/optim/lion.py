@@ -258,7 +258,7 @@ class MLorcLion(MLorcOptimizer):
         if state["step"] == 1:  # the factors of step 0 rebuild to zero
             momentum.zero_()
         else:
-            rebuild_into(momentum, LowRankFactors(state["exp_avg_U"], state["exp_avg_S"], state["exp_avg_V"]))
+            rebuild_into(momentum, self._factors(state, "exp_avg"))
         lion_step_(
             param.detach(),
             momentum.view(param.shape),
